@@ -1,0 +1,132 @@
+"""Lightning callbacks that show the training: TensorBoard hparams, histograms and images, and PNG figures.
+
+Per epoch (cheap): histograms of ``W`` and ``b``; tensor images of the templates, the first test images framed
+right/wrong, and the validation confusion matrix; ``curves.png`` (refreshed at most once a second, and always at
+the end). At the end of fitting: the labelled ``weights.png``, ``predictions.png``, ``confusion.png``, also logged
+to TensorBoard under ``figures/``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from softmax_lightning import figures
+from softmax_lightning.data import class_names
+
+
+def _tensorboard(trainer: L.Trainer):
+    """The TensorBoard ``SummaryWriter`` of the trainer's first TensorBoardLogger, or ``None``."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class ChapterFigures(L.Callback):
+    """Writes the chapter's pictures into the run folder and TensorBoard.
+
+    Args:
+        labels: class names in figures, ``"en"`` or ``"zh"`` (the chapter's Chinese names; needs a CJK font).
+        n_images: how many of the first test images the prediction grid shows (the chapter: 16).
+        curves_every_s: minimum seconds between two redraws of ``curves.png`` during training.
+    """
+
+    def __init__(self, labels: str = "en", n_images: int = 16, curves_every_s: float = 1.0) -> None:
+        class_names(labels)  # validate early
+        self.labels, self.n_images, self.curves_every_s = labels, n_images, curves_every_s
+        self.confusion = MulticlassConfusionMatrix(10, validate_args=False)
+        self.last_confusion: torch.Tensor | None = None
+        self._curves: figures.CurvesPlot | None = None
+        self._curves_at = 0.0
+
+    @property
+    def _active(self) -> bool:
+        return rank_zero_only.rank == 0
+
+    def _run_dir(self, trainer: L.Trainer) -> Path | None:
+        return Path(trainer.log_dir) if trainer.log_dir else None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the hparams summary with ``val_acc`` / ``test_acc`` as its metrics (TensorBoard's HParams tab)."""
+        self.confusion = self.confusion.to(pl_module.device)
+        tb = _tensorboard(trainer)
+        if tb is None or not self._active:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        params = dict(pl_module.hparams)
+        if trainer.datamodule is not None:
+            params.update({f"data.{k}": v for k, v in trainer.datamodule.hparams.items()})
+        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        for summary in hparams(params, {"val_acc": 0.0, "test_acc": 0.0}):
+            tb.file_writer.add_summary(summary)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or outputs is None:
+            return
+        self.confusion.update(outputs, batch[1])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Histograms and images of this epoch, at x = epoch (1-based)."""
+        if trainer.sanity_checking:
+            return
+        self.last_confusion = self.confusion.compute()  # reduced over DDP ranks
+        self.confusion.reset()
+        tb = _tensorboard(trainer)
+        if tb is None or not self._active or not trainer.training:
+            return
+        step = trainer.current_epoch + 1
+        tb.add_histogram("W", pl_module.W.detach().cpu(), step)
+        tb.add_histogram("b", pl_module.b.detach().cpu(), step)
+        tb.add_image("templates", figures.templates_image(pl_module.W), step)
+        X, y = self._first_test_images(trainer)
+        with torch.no_grad():
+            preds = pl_module(X).argmax(1)
+        tb.add_image("predictions", figures.predictions_image(X.reshape(-1, 28, 28), y, preds), step)
+        tb.add_image("confusion", figures.confusion_image(self.last_confusion), step)
+
+    def _first_test_images(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        X, y = trainer.datamodule.splits["test"]
+        return X[: self.n_images], y[: self.n_images]
+
+    def _save_curves(self, trainer: L.Trainer, pl_module: L.LightningModule, force: bool) -> None:
+        run = self._run_dir(trainer)
+        if run is None or not self._active or not pl_module.history:
+            return
+        if not force and time.monotonic() - self._curves_at < self.curves_every_s:
+            return
+        if self._curves is None:
+            self._curves = figures.CurvesPlot(trainer.max_epochs)
+        self._curves.save(pl_module.history, run / "curves.png")
+        self._curves_at = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The previous epoch's row of ``history`` is complete now (the module logs it after callbacks run)."""
+        self._save_curves(trainer, pl_module, force=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final curves and the labelled figures, as PNG files and under ``figures/`` in TensorBoard."""
+        self._save_curves(trainer, pl_module, force=True)
+        run = self._run_dir(trainer)
+        if run is None or not self._active:
+            return
+        X, y = self._first_test_images(trainer)
+        with torch.no_grad():
+            probs = pl_module(X)
+        conf, preds = probs.max(1)
+        figs = {"weights": figures.plot_weights(pl_module.W, self.labels),
+                "predictions": figures.plot_predictions(X.cpu(), y.cpu(), preds.cpu(), self.labels, conf.cpu())}
+        if self.last_confusion is not None:
+            figs["confusion"] = figures.plot_confusion(self.last_confusion, self.labels)
+        tb = _tensorboard(trainer)
+        for name, fig in figs.items():
+            png = figures.save_png(fig, run / f"{name}.png")
+            if tb is not None:  # log the same pixels, without rendering the figure twice
+                tb.add_image(f"figures/{name}", figures.png_to_array(png), trainer.current_epoch, dataformats="HWC")

@@ -1,0 +1,187 @@
+"""The chapter's pictures, headless: Animator curves, ``predict_ch3``'s grid, W's templates, a confusion matrix.
+
+Two renderers, for two budgets:
+* ``*_image`` functions build small ``(3, H, W)`` tensors without matplotlib; they are cheap enough to log to
+  TensorBoard every epoch;
+* ``plot_*`` functions draw the labelled matplotlib figures written as PNG files (and logged once at the end).
+Files are written atomically. Matplotlib is imported lazily: it costs about a second.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from softmax_lightning.data import class_names
+from softmax_lightning.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+RIGHT, WRONG = (0.1, 0.7, 0.2), (0.9, 0.1, 0.1)
+
+
+def tile(images: Tensor, nrow: int, pad: int = 2, value: float = 1.0) -> Tensor:
+    """``(n, h, w)`` grayscale images -> one ``(rows*(h+pad)+pad, nrow*(w+pad)+pad)`` mosaic, row-major."""
+    n, h, w = images.shape
+    rows = -(-n // nrow)
+    out = images.new_full((rows * (h + pad) + pad, nrow * (w + pad) + pad), value)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
+    return out
+
+
+def _unit(x: Tensor) -> Tensor:
+    """Scale each image ``(n, ...)`` to [0, 1] by its own min and max."""
+    flat = x.reshape(len(x), -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(x.shape)
+
+
+def templates_image(W: Tensor) -> Tensor:
+    """The ten columns of ``W`` (784, 10) as 28x28 templates, 2 rows of 5 in class order, shape ``(3, H, W)``."""
+    t = _unit(W.detach().float().cpu().T.reshape(-1, 28, 28))  # (784, 10) -> (10, 28, 28)
+    return tile(t, nrow=5, value=0.5).expand(3, -1, -1)
+
+
+def predictions_image(images: Tensor, trues: Tensor, preds: Tensor) -> Tensor:
+    """Images ``(n, 28, 28)`` in 2 rows, each framed green (right) or red (wrong): shape ``(3, H, W)``."""
+    imgs = images.detach().float().cpu()
+    n = len(imgs)
+    framed = torch.ones(n, 3, 32, 32)
+    colour = torch.tensor([RIGHT if t == p else WRONG for t, p in zip(trues.tolist(), preds.tolist())])
+    framed[:] = colour[:, :, None, None]
+    framed[:, :, 2:30, 2:30] = _unit(imgs)[:, None]
+    return torch.stack([tile(framed[:, c], nrow=max(1, n // 2)) for c in range(3)])
+
+
+def confusion_image(matrix: Tensor, scale: int = 12) -> Tensor:
+    """A row-normalised confusion matrix (true rows, predicted columns) as a blue heat map ``(3, 10s, 10s)``."""
+    m = matrix.detach().float().cpu()
+    m = m / m.sum(1, keepdim=True).clamp_min(1)
+    big = m.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return torch.stack([1 - 0.9 * big, 1 - 0.6 * big, 1 - 0.2 * big])
+
+
+@lru_cache(maxsize=None)
+def _font_for(labels: str) -> tuple[str, str | None]:
+    """``(labels, font family)`` actually usable: ``zh`` falls back to English (one warning) without a CJK font."""
+    if labels != "zh":
+        return "en", None
+    from matplotlib import font_manager
+
+    for font in font_manager.fontManager.ttflist:
+        if "CJK" in font.name and ("SC" in font.name or "JP" in font.name):
+            return "zh", font.name
+    log.warning("no CJK font found (install fonts-noto-cjk): figure labels fall back to English")
+    return "en", None
+
+
+def _new_figure(figsize: tuple[float, float], labels: str):
+    """A matplotlib ``Figure`` (no pyplot, no display) and the class names for ``labels``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    labels, family = _font_for(labels)
+    fig = Figure(figsize=figsize, layout="constrained")
+    if family:
+        matplotlib.rcParams["font.family"] = [family, "DejaVu Sans"]
+    return fig, class_names(labels)
+
+
+def save_png(fig, path: str | Path | None = None, dpi: int = 100) -> bytes:
+    """Render ``fig`` to PNG bytes; write them atomically to ``path`` if given."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, data)
+    return data
+
+
+def png_to_array(png: bytes):
+    """Decode PNG bytes to an ``(H, W, 3)`` uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+class CurvesPlot:
+    """The chapter's Animator as a file: train loss, train acc and val acc against epoch, x from 1 to max_epochs."""
+
+    SERIES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("val_acc", "val acc", "g-."))
+
+    def __init__(self, max_epochs: int) -> None:
+        self.fig, _ = _new_figure((4.5, 3.2), "en")
+        self.ax = self.fig.subplots()
+        self.lines = [self.ax.plot([], [], fmt, label=label)[0] for _, label, fmt in self.SERIES]
+        self.ax.set(xlabel="epoch", xlim=(1, max(2, max_epochs)), ylim=(0.0, 1.0))
+        self.ax.legend(loc="center right")
+        self.ax.grid(True)
+
+    def save(self, history: Sequence[dict[str, float]], path: str | Path) -> None:
+        """Redraw the lines from ``history`` (rows with ``epoch`` and the series' keys) and write the PNG."""
+        top = 1.0
+        for (key, _, _), line in zip(self.SERIES, self.lines):
+            pts = [(row["epoch"], row[key]) for row in history if key in row]
+            line.set_data([p[0] for p in pts], [p[1] for p in pts])
+            top = max([top] + [p[1] for p in pts])
+        self.ax.set_ylim(0.0, top * 1.05 if top > 1 else 1.0)
+        save_png(self.fig, path)
+
+
+def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str = "en",
+                     probs: Tensor | None = None):
+    """``predict_ch3``'s grid: 2 rows, each image titled true over predicted; wrong predictions in red."""
+    n = len(images)
+    cols = max(1, -(-n // 2))
+    fig, names = _new_figure((1.3 * cols, 3.4), labels)
+    axes = fig.subplots(2, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        t, p = int(trues[i]), int(preds[i])
+        ax.imshow(images[i].detach().cpu().reshape(28, 28), cmap="gray")
+        extra = f" {float(probs[i]):.0%}" if probs is not None else ""
+        ax.set_title(f"{names[t]}\n{names[p]}{extra}", fontsize=8, color="black" if t == p else "red")
+    fig.suptitle("true / predicted (red: wrong)", fontsize=9)
+    return fig
+
+
+def plot_weights(W: Tensor, labels: str = "en"):
+    """The ten columns of ``W`` as 28x28 templates (red: positive weight, blue: negative), one per class."""
+    fig, names = _new_figure((7.5, 3.4), labels)
+    w = W.detach().float().cpu()
+    lim = float(w.abs().max())
+    for k, ax in enumerate(fig.subplots(2, 5).flat):
+        ax.imshow(w[:, k].reshape(28, 28), cmap="bwr", vmin=-lim, vmax=lim)
+        ax.set_title(names[k], fontsize=9)
+        ax.axis("off")
+    fig.suptitle("W's columns: what each class looks for", fontsize=10)
+    return fig
+
+
+def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation confusion matrix"):
+    """Counts with true classes as rows and predicted as columns, named."""
+    fig, names = _new_figure((7.0, 6.0), labels)
+    ax = fig.subplots()
+    m = matrix.detach().cpu().long()
+    ax.imshow(m, cmap="Blues")
+    thresh = m.max().item() / 2
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if m[i, j] > thresh else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return fig

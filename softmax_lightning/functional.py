@@ -1,0 +1,131 @@
+"""The chapter's math as small pure functions: softmax, cross-entropy, accuracy.
+
+Each function takes tensors and returns tensors; none of them calls ``torch.softmax``,
+``log_softmax`` or ``F.cross_entropy`` (the tests use those as references).
+
+Reference: d2l.ai, "softmax回归的从零开始实现" (softmax regression from scratch), sections 3, 5, 6.
+The ``*_naive`` functions are the chapter's cells verbatim; the others are the numerically
+stable forms the chapter's exercises 1-3 ask for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "softmax",
+    "softmax_naive",
+    "log_softmax",
+    "cross_entropy",
+    "cross_entropy_naive",
+    "accuracy",
+]
+
+
+def softmax_naive(X: Tensor) -> Tensor:
+    """The chapter's softmax: ``exp(X) / exp(X).sum(1)``; overflows once a logit passes ~88 in float32.
+
+    Args:
+        X: logits, shape ``(batch, classes)``.
+
+    Returns:
+        Row-wise probabilities, same shape as ``X`` (``nan`` where ``exp`` overflowed).
+
+    Example:
+        >>> softmax_naive(torch.tensor([[0.0, 0.0], [0.0, 100.0]]))
+        tensor([[0.5000, 0.5000],
+                [0.0000,    nan]])
+    """
+    X_exp = torch.exp(X)
+    partition = X_exp.sum(1, keepdim=True)  # (batch, 1)
+    return X_exp / partition  # broadcast (batch, classes) / (batch, 1)
+
+
+def log_softmax(X: Tensor) -> Tensor:
+    """Row-wise ``log softmax(X)`` by log-sum-exp: ``X - max - log(sum(exp(X - max)))``; never overflows.
+
+    Args:
+        X: logits, shape ``(batch, classes)``.
+
+    Returns:
+        Log-probabilities, same shape as ``X``; every entry is finite for finite ``X``.
+    """
+    shifted = X - X.amax(1, keepdim=True)  # (batch, classes), every row's max is 0
+    return shifted - torch.log(torch.exp(shifted).sum(1, keepdim=True))
+
+
+def softmax(X: Tensor) -> Tensor:
+    """Numerically stable softmax: subtract each row's max before ``exp`` (same value, no overflow).
+
+    Args:
+        X: logits, shape ``(batch, classes)``.
+
+    Returns:
+        Row-wise probabilities: non-negative, each row sums to 1.
+
+    Example:
+        >>> softmax(torch.tensor([[0.0, 0.0], [0.0, 100.0]]))
+        tensor([[0.5000, 0.5000],
+                [0.0000, 1.0000]])
+    """
+    X_exp = torch.exp(X - X.amax(1, keepdim=True))  # (batch, classes), entries in (0, 1]
+    return X_exp / X_exp.sum(1, keepdim=True)
+
+
+def cross_entropy_naive(y_hat: Tensor, y: Tensor) -> Tensor:
+    """The chapter's cross-entropy on probabilities: ``-log(y_hat[range(n), y])``; ``inf`` when that is 0.
+
+    Args:
+        y_hat: predicted probabilities, shape ``(batch, classes)``.
+        y: true class indices, shape ``(batch,)``, int64.
+
+    Returns:
+        Per-sample loss, shape ``(batch,)``.
+
+    Example (the chapter's own cell):
+        >>> y_hat = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.2, 0.5]])
+        >>> cross_entropy_naive(y_hat, torch.tensor([0, 2]))
+        tensor([2.3026, 0.6931])
+    """
+    return -torch.log(y_hat[torch.arange(len(y_hat), device=y_hat.device), y])
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Stable cross-entropy from logits: ``logsumexp(logits) - logits[y]`` (finite for finite logits).
+
+    The same number as ``cross_entropy_naive(softmax(logits), y)`` where that one is finite. The log of
+    probabilities is a valid logit vector, so the chapter's cell works through it too.
+
+    Args:
+        logits: unnormalised scores, shape ``(batch, classes)``.
+        y: true class indices, shape ``(batch,)``, int64.
+
+    Returns:
+        Per-sample loss, shape ``(batch,)``.
+
+    Example:
+        >>> y_hat = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.2, 0.5]])
+        >>> cross_entropy(torch.log(y_hat), torch.tensor([0, 2]))
+        tensor([2.3026, 0.6931])
+    """
+    log_p = log_softmax(logits)  # (batch, classes)
+    return -log_p.gather(1, y.unsqueeze(1)).squeeze(1)  # (batch, 1) -> (batch,)
+
+
+def accuracy(y_hat: Tensor, y: Tensor) -> Tensor:
+    """The chapter's ``accuracy``: the *number* of correct argmax predictions (divide by ``len(y)`` for a rate).
+
+    Args:
+        y_hat: scores or probabilities, shape ``(batch, classes)``.
+        y: true class indices, shape ``(batch,)``.
+
+    Returns:
+        A 0-d float tensor: how many rows have ``argmax == y``.
+
+    Example (the chapter's cell: one right out of two):
+        >>> accuracy(torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.2, 0.5]]), torch.tensor([0, 2]))
+        tensor(1.)
+    """
+    preds = y_hat.argmax(dim=1)  # (batch, classes) -> (batch,)
+    return (preds.type(y.dtype) == y).sum().float()

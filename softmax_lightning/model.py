@@ -1,0 +1,184 @@
+"""Softmax regression (d2l, "softmax回归的从零开始实现") as a thin ``LightningModule`` around pure functions.
+
+The chapter's steps, in its order: parameters ``W`` and ``b`` (``__init__``); the model ``reshape -> X @ W + b ->
+softmax`` (``forward``); cross-entropy (``softmax_lightning.functional``); accuracy (torchmetrics, the chapter's
+Accumulator); hand-written minibatch SGD driven by manual optimization (``training_step``); prediction
+(``predict_step``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from softmax_lightning import functional as F
+from softmax_lightning.errors import UserError
+from softmax_lightning.optim import ChapterSGD
+
+STAGES = ("train", "val", "test")
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a nan/inf loss; raised before the update, so the last good checkpoint stays."""
+
+
+class SoftmaxRegression(L.LightningModule):
+    """784 -> 10 softmax regression with hand-written softmax, cross-entropy and SGD.
+
+    Args:
+        num_inputs: pixels per image (28 * 28).
+        num_outputs: number of classes.
+        lr: learning rate of the hand-written SGD (the chapter: 0.1).
+        init_std: ``W ~ N(0, init_std)``, ``b = 0`` (the chapter: 0.01).
+        softmax: ``"stable"`` (log-sum-exp from logits, default) or ``"naive"`` (the chapter's exact cells).
+        momentum, nesterov, weight_decay: extensions of the hand-written SGD (0 / False / 0 is the chapter).
+        lr_schedule: ``"constant"`` (the chapter) or ``"cosine"`` (annealed to 0 over ``max_epochs``, per step).
+    """
+
+    def __init__(
+        self,
+        num_inputs: int = 784,
+        num_outputs: int = 10,
+        lr: float = 0.1,
+        init_std: float = 0.01,
+        softmax: Literal["stable", "naive"] = "stable",
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+    ) -> None:
+        super().__init__()
+        for name, value, ok, rule in (
+            ("lr", lr, math.isfinite(lr) and lr > 0, "a finite number > 0"),
+            ("init_std", init_std, math.isfinite(init_std) and init_std >= 0, "a finite number >= 0"),
+            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
+            ("weight_decay", weight_decay, math.isfinite(weight_decay) and weight_decay >= 0, "a finite number >= 0"),
+            ("num_inputs", num_inputs, num_inputs >= 1, ">= 1"),
+            ("num_outputs", num_outputs, num_outputs >= 2, ">= 2"),
+        ):
+            if not ok:
+                raise UserError(f"{name} must be {rule}, got {value} (--model.{name})")
+        if softmax not in ("stable", "naive"):
+            raise UserError(f"softmax must be 'stable' or 'naive', got {softmax!r} (--model.softmax)")
+        if nesterov and momentum == 0:
+            raise UserError("nesterov needs momentum > 0 (--model.momentum)")
+        self.save_hyperparameters()
+        self.automatic_optimization = False  # the hand-written SGD step in training_step
+        self.W = nn.Parameter(torch.normal(0, init_std, size=(num_inputs, num_outputs)))
+        self.b = nn.Parameter(torch.zeros(num_outputs))
+        # per stage: mean loss per sample and micro accuracy (the chapter's Accumulator), keyed by logged name
+        self.metrics = nn.ModuleDict()
+        for s in STAGES:
+            self.metrics[f"{s}_loss"] = MeanMetric(nan_strategy="disable")
+            self.metrics[f"{s}_acc"] = MulticlassAccuracy(num_outputs, average="micro", validate_args=False)
+        self.samples_seen = 0  # training samples this process has stepped on (DDP: this rank's share)
+        self.history: list[dict[str, float]] = []  # one row per epoch: the Animator's data, kept in checkpoints
+
+    def logits(self, X: Tensor) -> Tensor:
+        """``reshape -> X @ W + b``: the scores before softmax."""
+        return X.reshape(-1, self.W.shape[0]) @ self.W + self.b  # (batch, 784) @ (784, 10) + (10,) -> (batch, 10)
+
+    def forward(self, X: Tensor) -> Tensor:
+        """The chapter's ``net``: class probabilities, shape ``(batch, num_outputs)``."""
+        softmax = F.softmax if self.hparams.softmax == "stable" else F.softmax_naive
+        return softmax(self.logits(X))
+
+    def loss(self, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample cross-entropy ``(batch,)`` and the scores ``(batch, classes)`` whose argmax predicts."""
+        logits = self.logits(X)
+        if self.hparams.softmax == "naive":  # the chapter's cells: probabilities, then -log
+            return F.cross_entropy_naive(F.softmax_naive(logits), y), logits
+        return F.cross_entropy(logits, y), logits
+
+    def _common_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """Loss and accuracy bookkeeping shared by every stage; returns per-sample losses and the predictions."""
+        X, y = batch
+        loss, logits = self.loss(X, y)
+        preds = logits.detach().argmax(1)  # (batch, classes) -> (batch,)
+        self.metrics[f"{stage}_loss"].update(loss.detach().mean(), weight=len(y))
+        self.metrics[f"{stage}_acc"].update(preds, y)
+        return loss, preds
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The chapter's ``l.sum().backward(); updater(X.shape[0])``, through Lightning's manual optimization."""
+        opt = self.optimizers()
+        loss, _ = self._common_step(batch, "train")
+        total = loss.sum()
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"training loss became {total.item()} at epoch {self.current_epoch}, step {self.global_step}; the "
+                f"weights were not updated and the last checkpoint is intact. Try --model.softmax stable and/or a "
+                f"smaller --model.lr (now {self.hparams.lr})")
+        self.manual_backward(total)
+        opt.step(batch_size=len(batch[1]))
+        self.samples_seen += len(batch[1])
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Returns the predicted classes (callbacks build the confusion matrix from them)."""
+        return self._common_step(batch, "val")[1]
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "test")[1]
+
+    def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
+        """Class probabilities for a batch of images (or an ``(X, y)`` batch)."""
+        X = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(X)
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log ``{stage}_loss`` (mean per sample) and ``{stage}_acc`` once per epoch against the epoch, then reset.
+
+        torchmetrics' ``compute`` already reduces over DDP ranks. ``step`` makes the epoch (1-based; for test, the
+        number of epochs trained) the x-axis in TensorBoard.
+        """
+        if self.trainer.sanity_checking:
+            return
+        fitting = stage != "test"
+        self.log("step", float(self.current_epoch + fitting))
+        row = self._history_row() if fitting else {}
+        for name in (f"{stage}_loss", f"{stage}_acc"):
+            metric = self.metrics[name]
+            value = metric.compute()
+            self.log(name, value, prog_bar=fitting)
+            row[name] = float(value)
+            metric.reset()
+
+    def _history_row(self) -> dict[str, float]:
+        """This epoch's row of ``history`` (created on first use)."""
+        while len(self.history) <= self.current_epoch:
+            self.history.append({"epoch": len(self.history) + 1})
+        return self.history[self.current_epoch]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = checkpoint.get("history", [])
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = ChapterSGD([self.W, self.b], lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+                         weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "constant":
+            return opt
+        total = self.trainer.estimated_stepping_batches
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
