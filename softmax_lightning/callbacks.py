@@ -1,14 +1,12 @@
 """Lightning callbacks that show the training: TensorBoard hparams, histograms and images, and PNG figures.
 
 Per epoch (cheap): histograms of ``W`` and ``b``; tensor images of the templates, the first test images framed
-right/wrong, and the validation confusion matrix; ``curves.png`` (refreshed at most once a second, and always at
-the end). At the end of fitting: the labelled ``weights.png``, ``predictions.png``, ``confusion.png``, also logged
+right/wrong, and the validation confusion matrix; ``curves.png``. At the end of fitting: the labelled ``weights.png``, ``predictions.png``, ``confusion.png``, also logged
 to TensorBoard under ``figures/``.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
@@ -35,16 +33,14 @@ class ChapterFigures(L.Callback):
     Args:
         labels: class names in figures, ``"en"`` or ``"zh"`` (the chapter's Chinese names; needs a CJK font).
         n_images: how many of the first test images the prediction grid shows (the chapter: 16).
-        curves_every_s: minimum seconds between two redraws of ``curves.png`` during training.
     """
 
-    def __init__(self, labels: str = "en", n_images: int = 16, curves_every_s: float = 1.0) -> None:
+    def __init__(self, labels: str = "en", n_images: int = 16) -> None:
         class_names(labels)  # validate early
-        self.labels, self.n_images, self.curves_every_s = labels, n_images, curves_every_s
+        self.labels, self.n_images = labels, n_images
         self.confusion = MulticlassConfusionMatrix(10, validate_args=False)
         self.last_confusion: torch.Tensor | None = None
         self._curves: figures.CurvesPlot | None = None
-        self._curves_at = 0.0
 
     @property
     def _active(self) -> bool:
@@ -96,24 +92,21 @@ class ChapterFigures(L.Callback):
         X, y = trainer.datamodule.splits["test"]
         return X[: self.n_images], y[: self.n_images]
 
-    def _save_curves(self, trainer: L.Trainer, pl_module: L.LightningModule, force: bool) -> None:
+    def _save_curves(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run = self._run_dir(trainer)
         if run is None or not self._active or not pl_module.history:
-            return
-        if not force and time.monotonic() - self._curves_at < self.curves_every_s:
             return
         if self._curves is None:
             self._curves = figures.CurvesPlot(trainer.max_epochs)
         self._curves.save(pl_module.history, run / "curves.png")
-        self._curves_at = time.monotonic()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The previous epoch's row of ``history`` is complete now (the module logs it after callbacks run)."""
-        self._save_curves(trainer, pl_module, force=False)
+        self._save_curves(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The final curves and the labelled figures, as PNG files and under ``figures/`` in TensorBoard."""
-        self._save_curves(trainer, pl_module, force=True)
+        self._save_curves(trainer, pl_module)
         run = self._run_dir(trainer)
         if run is None or not self._active:
             return

@@ -12,11 +12,12 @@ Every run lands in ``<log_dir>/version_N/``: TensorBoard events, ``checkpoints/l
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +103,15 @@ class TrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self.config
-        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        user_callbacks = trainer_cfg.get("callbacks") or []
+        bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg.get("enable_progress_bar") is not False else []
         kwargs["logger"] = TensorBoardLogger(save_dir=cfg.log_dir, name="", version=self.run_version,
                                              default_hp_metric=False)
         kwargs["callbacks"] = [
             *user_callbacks,
             ModelCheckpoint(save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True),
-            TQDMProgressBar(refresh_rate=20),
+            *bar,
             ChapterFigures(labels=cfg.labels),
         ]
         return super().instantiate_trainer(**kwargs)
@@ -156,12 +159,20 @@ def run(cli: TrainCLI) -> dict[str, Any]:
     return metrics
 
 
+def quiet_lightning() -> None:
+    """Drop two lines of noise Lightning prints on every run (an advert for litlogger, a torch deprecation)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "litlogger" not in record.getMessage())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``scripts/train.py``; returns the exit code (2: bad input, message on stderr)."""
+    quiet_lightning()
     try:
         try:
             cli = TrainCLI(SoftmaxRegression, FashionMNISTDataModule, run=False, args=args,

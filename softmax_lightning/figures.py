@@ -90,7 +90,7 @@ def _new_figure(figsize: tuple[float, float], labels: str):
     from matplotlib.figure import Figure
 
     labels, family = _font_for(labels)
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = Figure(figsize=figsize)
     if family:
         matplotlib.rcParams["font.family"] = [family, "DejaVu Sans"]
     return fig, class_names(labels)
@@ -115,17 +115,27 @@ def png_to_array(png: bytes):
 
 
 class CurvesPlot:
-    """The chapter's Animator as a file: train loss, train acc and val acc against epoch, x from 1 to max_epochs."""
+    """The chapter's Animator as a file: train loss, train acc and val acc against epoch, x from 1 to max_epochs.
+
+    Redrawn after every epoch cheaply: axes, ticks and legend are drawn once and cached (Agg "blitting"); an
+    update restores that background and draws only the lines (a full redraw happens only when the y-range grows).
+    """
 
     SERIES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("val_acc", "val acc", "g-."))
 
     def __init__(self, max_epochs: int) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         self.fig, _ = _new_figure((4.5, 3.2), "en")
+        self.canvas = FigureCanvasAgg(self.fig)
         self.ax = self.fig.subplots()
-        self.lines = [self.ax.plot([], [], fmt, label=label)[0] for _, label, fmt in self.SERIES]
+        self.lines = [self.ax.plot([], [], fmt, label=label, animated=True)[0] for _, label, fmt in self.SERIES]
         self.ax.set(xlabel="epoch", xlim=(1, max(2, max_epochs)), ylim=(0.0, 1.0))
-        self.ax.legend(loc="center right")
+        self.legend = self.ax.legend(loc="center right")
+        self.legend.set_animated(True)
         self.ax.grid(True)
+        self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.95)
+        self._background = None
 
     def save(self, history: Sequence[dict[str, float]], path: str | Path) -> None:
         """Redraw the lines from ``history`` (rows with ``epoch`` and the series' keys) and write the PNG."""
@@ -134,8 +144,19 @@ class CurvesPlot:
             pts = [(row["epoch"], row[key]) for row in history if key in row]
             line.set_data([p[0] for p in pts], [p[1] for p in pts])
             top = max([top] + [p[1] for p in pts])
-        self.ax.set_ylim(0.0, top * 1.05 if top > 1 else 1.0)
-        save_png(self.fig, path)
+        ylim = (0.0, top * 1.05 if top > 1 else 1.0)
+        if self._background is None or ylim != self.ax.get_ylim():
+            self.ax.set_ylim(ylim)
+            self.canvas.draw()  # the static parts, without the animated lines and legend
+            self._background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.canvas.restore_region(self._background)
+        for artist in (*self.lines, self.legend):
+            self.ax.draw_artist(artist)
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.frombuffer("RGBA", self.canvas.get_width_height(), self.canvas.buffer_rgba()).save(buf, format="png")
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str = "en",
@@ -154,6 +175,7 @@ def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str =
         extra = f" {float(probs[i]):.0%}" if probs is not None else ""
         ax.set_title(f"{names[t]}\n{names[p]}{extra}", fontsize=8, color="black" if t == p else "red")
     fig.suptitle("true / predicted (red: wrong)", fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.8, wspace=0.1, hspace=0.45)
     return fig
 
 
@@ -167,6 +189,7 @@ def plot_weights(W: Tensor, labels: str = "en"):
         ax.set_title(names[k], fontsize=9)
         ax.axis("off")
     fig.suptitle("W's columns: what each class looks for", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.82, wspace=0.05, hspace=0.25)
     return fig
 
 
@@ -184,4 +207,5 @@ def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation 
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.2, top=0.94)
     return fig

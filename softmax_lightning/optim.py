@@ -61,6 +61,10 @@ class ChapterSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if not (wd or mu):  # the chapter's update, fused: param -= (lr / batch_size) * grad
+                    p.add_(p.grad, alpha=-lr / batch_size)
+                    p.grad.zero_()
+                    continue
                 g = p.grad / batch_size
                 if wd:
                     g = g + wd * p

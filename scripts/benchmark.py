@@ -1,0 +1,213 @@
+"""Three trainers of the same model on the same data, timed in one process.
+
+    python scripts/benchmark.py                    # project vs plain-loop floor vs d2l's own loop, 10 epochs each
+    python scripts/benchmark.py --skip-d2l         # only project and floor
+    python scripts/benchmark.py --d2l-epochs 2     # d2l per-epoch time from 2 epochs (its accuracy is not compared)
+
+* project: ``SoftmaxRegression`` + ``FashionMNISTDataModule`` through the Trainer exactly as ``scripts/train.py``
+  configures it (validation every epoch, TensorBoard logging, checkpointing, figures);
+* floor: a plain PyTorch loop with identical math (init, softmax, cross-entropy, SGD, shuffle order) over the
+  in-memory split, evaluating the test split every epoch;
+* d2l: the chapter's code path: torchvision ``FashionMNIST`` + ``ToTensor``, ``DataLoader(shuffle=True,
+  num_workers=4)``, the chapter's ``net``, ``cross_entropy``, ``sgd`` and ``evaluate_accuracy``.
+
+Prints seconds per epoch (median), total, peak RSS during each part and final test accuracy, the ratios
+project/floor and d2l/project, and writes ``benchmark.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from softmax_lightning import functional as F
+from softmax_lightning.cli import TRAINER_DEFAULTS, TrainCLI, run as run_cli  # the same CLI as scripts/train.py
+from softmax_lightning.data import FashionMNISTDataModule, InMemoryLoader, find_raw_files
+from softmax_lightning.model import SoftmaxRegression
+
+
+class PeakRSS:
+    """Samples this process's resident set size every 5 ms; ``peak_mb`` is the highest value seen."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as f:
+                self.peak = max(self.peak, int(f.read().split()[1]) * page)
+            self._stop.wait(0.005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each epoch, validation and end-of-epoch work included."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.marks.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.marks.append(time.perf_counter())
+
+    @property
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def bench_project(epochs: int, data_dir: str, log_dir: str) -> dict:
+    """The Trainer path, configured by the same CLI as ``scripts/train.py``."""
+    timer = EpochTimer()
+    t0 = time.perf_counter()
+    cli = TrainCLI(SoftmaxRegression, FashionMNISTDataModule, run=False, trainer_defaults=TRAINER_DEFAULTS,
+                   seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                   args=[f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}", f"--log_dir={log_dir}"])
+    cli.trainer.callbacks.append(timer)
+    metrics = run_cli(cli)
+    return {"epoch_s": timer.epochs, "total_s": time.perf_counter() - t0, "test_acc": metrics["test_acc"],
+            "train_loss": metrics["train_loss"], "train_acc": metrics["train_acc"]}
+
+
+def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1) -> dict:
+    """A plain loop: the same init, math, update and shuffle order as the project, nothing else."""
+    t0 = time.perf_counter()
+    dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, seed=seed)
+    dm.setup("fit")
+    (Xtr, ytr), (Xte, yte) = dm.splits["train"], dm.splits["test"]
+    train = InMemoryLoader(Xtr, ytr, batch_size, shuffle=True, seed=seed)
+    test = InMemoryLoader(Xte, yte, batch_size, shuffle=False)
+    torch.manual_seed(seed)
+    W = torch.normal(0, 0.01, size=(784, 10), requires_grad=True)
+    b = torch.zeros(10, requires_grad=True)
+    times, acc = [], 0.0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        train.set_epoch(epoch)
+        loss_sum, correct, n = 0.0, 0.0, 0  # the chapter's Accumulator(3) in train_epoch_ch3
+        for X, y in train:
+            logits = X.reshape(-1, 784) @ W + b
+            l = F.cross_entropy(logits, y).sum()
+            l.backward()
+            with torch.no_grad():
+                for p in (W, b):  # d2l.sgd
+                    p -= lr * p.grad / len(y)
+                    p.grad.zero_()
+            loss_sum, correct, n = loss_sum + float(l), correct + float(F.accuracy(logits, y)), n + len(y)
+        with torch.no_grad():
+            test_correct = sum(float(F.accuracy(X.reshape(-1, 784) @ W + b, y)) for X, y in test)
+        acc = test_correct / len(yte)
+        times.append(time.perf_counter() - start)
+    return {"epoch_s": times, "total_s": time.perf_counter() - t0, "test_acc": acc,
+            "train_loss": loss_sum / n, "train_acc": correct / n}
+
+
+def bench_d2l(epochs: int, data_dir: str, batch_size: int = 256, lr: float = 0.1) -> dict:
+    """The chapter's own code, cell by cell (``d2l.load_data_fashion_mnist`` + ``train_ch3``)."""
+    from torch.utils import data
+    from torchvision import datasets, transforms
+
+    t0 = time.perf_counter()
+    trans = transforms.ToTensor()
+    mnist_train = datasets.FashionMNIST(root=data_dir, train=True, transform=trans, download=False)
+    mnist_test = datasets.FashionMNIST(root=data_dir, train=False, transform=trans, download=False)
+    train_iter = data.DataLoader(mnist_train, batch_size, shuffle=True, num_workers=4)
+    test_iter = data.DataLoader(mnist_test, batch_size, shuffle=False, num_workers=4)
+    torch.manual_seed(0)
+    W = torch.normal(0, 0.01, size=(784, 10), requires_grad=True)
+    b = torch.zeros(10, requires_grad=True)
+
+    def net(X):
+        return F.softmax_naive(torch.matmul(X.reshape((-1, W.shape[0])), W) + b)
+
+    def evaluate_accuracy(data_iter):
+        metric = [0.0, 0.0]
+        with torch.no_grad():
+            for X, y in data_iter:
+                metric[0] += float(F.accuracy(net(X), y))
+                metric[1] += y.numel()
+        return metric[0] / metric[1]
+
+    times, acc = [], 0.0
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for X, y in train_iter:
+            l = F.cross_entropy_naive(net(X), y)
+            l.sum().backward()
+            with torch.no_grad():  # d2l.sgd
+                for param in (W, b):
+                    param -= lr * param.grad / X.shape[0]
+                    param.grad.zero_()
+        acc = evaluate_accuracy(test_iter)
+        times.append(time.perf_counter() - start)
+    return {"epoch_s": times, "total_s": time.perf_counter() - t0, "test_acc": acc}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--d2l-epochs", type=int, default=None, help="epochs for the d2l loop (default: --epochs)")
+    parser.add_argument("--skip-d2l", action="store_true")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out", default="benchmark.json")
+    args = parser.parse_args()
+    find_raw_files(args.data_dir)
+    d2l_epochs = args.d2l_epochs or args.epochs
+    parts = {"floor": lambda: bench_floor(args.epochs, args.data_dir)}
+    with tempfile.TemporaryDirectory() as log_dir:
+        parts["project"] = lambda: bench_project(args.epochs, args.data_dir, log_dir)
+        if not args.skip_d2l:
+            parts["d2l"] = lambda: bench_d2l(d2l_epochs, args.data_dir)
+        results = {}
+        for name, fn in parts.items():
+            with PeakRSS() as rss:
+                r = fn()
+            r.update(median_epoch_s=statistics.median(r["epoch_s"]), peak_rss_mb=rss.peak_mb)
+            results[name] = r
+            print(f"{name}: {r['median_epoch_s']:.3f} s/epoch, test acc {r['test_acc']:.4f}", file=sys.stderr)
+    print(f"\n{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}")
+    for name, r in results.items():
+        print(f"{name:8} {r['median_epoch_s']:8.3f} {r['total_s']:8.2f} {len(r['epoch_s']):6d} "
+              f"{r['peak_rss_mb']:11.0f} {r['test_acc']:8.4f}")
+    ratios = {"project/floor": results["project"]["median_epoch_s"] / results["floor"]["median_epoch_s"]}
+    if "d2l" in results:
+        ratios["d2l/project"] = results["d2l"]["median_epoch_s"] / results["project"]["median_epoch_s"]
+    print("\n" + "   ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    compared = {k: r["test_acc"] for k, r in results.items() if len(r["epoch_s"]) == args.epochs}
+    spread = max(compared.values()) - min(compared.values())
+    agree = spread <= 0.01
+    if not agree:
+        print(f"\n!!! TEST ACCURACIES DISAGREE by {spread:.4f} (> 0.01): the three loops do not compute the same "
+              f"thing !!!", file=sys.stderr)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.processor() or ''}"
+    Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "ratios": ratios,
+                                          "accuracies_agree": agree}, indent=2) + "\n")
+    print(f"machine: {machine}\nwrote {args.out}")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
