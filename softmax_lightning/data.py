@@ -295,8 +295,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         X, y = self.splits[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return InMemoryLoader(X, y, self.hparams.batch_size, shuffle=(split == "train"), seed=self.hparams.seed,
-                              rank=rank, world_size=world)
+        overfit = trainer is not None and trainer.overfit_batches > 0  # Lightning's overfit_batches: same batches
+        return InMemoryLoader(X, y, self.hparams.batch_size, shuffle=(split == "train" and not overfit),
+                              seed=self.hparams.seed, rank=rank, world_size=world)
 
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader("train")

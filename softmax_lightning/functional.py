@@ -65,7 +65,7 @@ def softmax(X: Tensor) -> Tensor:
         Row-wise probabilities: non-negative, each row sums to 1.
 
     Example:
-        >>> softmax(torch.tensor([[0.0, 0.0], [0.0, 100.0]]))
+        >>> softmax(torch.tensor([[0.0, 0.0], [0.0, 1000.0]]))
         tensor([[0.5000, 0.5000],
                 [0.0000, 1.0000]])
     """

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real Fashion-MNIST files, one full run of the chapter's recipe, synthetic IDX writers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softmax_lightning.cli import main
+from softmax_lightning.data import find_raw_files
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data (found or fetched the same way `make train` does)."""
+    find_raw_files(DATA_DIR)
+    return DATA_DIR
+
+
+def run_train(log_dir: Path, *args: str) -> dict:
+    """Run `scripts/train.py`'s main in-process; return the run's metrics.json (asserts exit code 0)."""
+    code = main([f"--log_dir={log_dir}", f"--data.data_dir={DATA_DIR}", "--trainer.enable_progress_bar=false", *args])
+    assert code == 0
+    runs = sorted(log_dir.glob("version_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+    return json.loads(runs[-1].read_text())
+
+
+@pytest.fixture(scope="session")
+def chapter_run(tmp_path_factory, data_dir) -> dict:
+    """The chapter's recipe, trained once for the whole session: its metrics.json plus ``run_dir``."""
+    log_dir = tmp_path_factory.mktemp("chapter_logs")
+    metrics = run_train(log_dir)
+    metrics["run_dir"] = str(log_dir / "version_0")
+    return metrics
+
+
+def write_idx(path: Path, arr: np.ndarray, magic: int | None = None, gz: bool = False) -> Path:
+    """Write ``arr`` (uint8) as an IDX file (optionally gzipped); ``magic`` overrides the header's magic."""
+    arr = np.asarray(arr, dtype=np.uint8)
+    magic = (0x0800 | arr.ndim) if magic is None else magic
+    data = struct.pack(f">{1 + arr.ndim}I", magic, *arr.shape) + arr.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_fake_split(raw: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
+    """Four small, valid IDX files in torchvision's layout (``raw`` = data_dir/FashionMNIST/raw)."""
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return raw
