@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -76,7 +77,7 @@ class ChapterFigures(L.Callback):
         self.last_confusion = self.confusion.compute()  # reduced over DDP ranks
         self.confusion.reset()
         tb = _tensorboard(trainer)
-        if tb is None or not self._active or not trainer.training:
+        if tb is None or not self._active or trainer.state.fn != TrainerFn.FITTING:
             return
         step = trainer.current_epoch + 1
         tb.add_histogram("W", pl_module.W.detach().cpu(), step)

@@ -75,9 +75,10 @@ def _font_for(labels: str) -> tuple[str, str | None]:
         return "en", None
     from matplotlib import font_manager
 
-    for font in font_manager.fontManager.ttflist:
-        if "CJK" in font.name and ("SC" in font.name or "JP" in font.name):
-            return "zh", font.name
+    cjk = sorted({f.name for f in font_manager.fontManager.ttflist if "CJK" in f.name},
+                 key=lambda name: ("Sans" not in name, "SC" not in name, name))  # prefer a sans-serif face
+    if cjk:
+        return "zh", cjk[0]
     log.warning("no CJK font found (install fonts-noto-cjk): figure labels fall back to English")
     return "en", None
 
