@@ -110,7 +110,9 @@ class TrainCLI(LightningCLI):
                                              default_hp_metric=False)
         kwargs["callbacks"] = [
             *user_callbacks,
-            ModelCheckpoint(save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True),
+            # every epoch: the newest epoch=N-step=M.ckpt and last.ckpt (Lightning 2.6 writes last.ckpt only
+            # in an epoch that also saved a top-k file, hence save_top_k=1 with no monitor)
+            ModelCheckpoint(save_last=True, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True),
             *bar,
             ChapterFigures(labels=cfg.labels),
         ]

@@ -78,7 +78,7 @@ class SoftmaxRegression(L.LightningModule):
             self.metrics[f"{s}_loss"] = MeanMetric(nan_strategy="disable")
             self.metrics[f"{s}_acc"] = MulticlassAccuracy(num_outputs, average="micro", validate_args=False)
         self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {s: [] for s in STAGES}
-        self.samples_seen = 0  # training samples this process has stepped on (DDP: this rank's share)
+        self.samples_seen = 0  # training samples this rank has stepped on, over the whole run (resume included)
         self.history: list[dict[str, float]] = []  # one row per epoch: the Animator's data, kept in checkpoints
 
     def logits(self, X: Tensor) -> Tensor:
@@ -118,7 +118,7 @@ class SoftmaxRegression(L.LightningModule):
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"training loss became {value} at epoch {self.current_epoch}, step {self.global_step}; the "
-                f"weights were not updated and the last checkpoint is intact. Try --model.softmax stable and/or a "
+                f"weights were not updated and the last checkpoint (if any) is intact. Try --model.softmax stable and/or a "
                 f"smaller --model.lr (now {self.hparams.lr})")
         self.manual_backward(total)
         opt.step(batch_size=len(batch[1]))
@@ -174,9 +174,11 @@ class SoftmaxRegression(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
+        checkpoint["samples_seen"] = self.samples_seen
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("history", [])
+        self.samples_seen = checkpoint.get("samples_seen", 0)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
