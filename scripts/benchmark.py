@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,31 +34,7 @@ from softmax_lightning import functional as F
 from softmax_lightning.cli import TRAINER_DEFAULTS, TrainCLI, run as run_cli  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule, InMemoryLoader, find_raw_files
 from softmax_lightning.model import SoftmaxRegression
-
-
-class PeakRSS:
-    """Samples this process's resident set size every 5 ms; ``peak_mb`` is the highest value seen."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.is_set():
-            with open("/proc/self/statm") as f:
-                self.peak = max(self.peak, int(f.read().split()[1]) * page)
-            self._stop.wait(0.005)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
+from softmax_lightning.profiling import PeakRSS
 
 
 class EpochTimer(L.Callback):
