@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,13 +73,13 @@ def load_image(path: str | Path, invert: bool = False) -> Tensor:
                         f"file") from None
     if invert:
         im = ImageOps.invert(im)
+    px = np.asarray(im)
+    border = int(np.median(np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])))  # the photo's background
     side = max(im.size)
-    border = int(torch.tensor(list(ImageOps.expand(im, 0).getdata())).reshape(im.size[1], im.size[0])[[0, -1]]
-                 .median())  # pad with the photo's own background
     square = Image.new("L", (side, side), border)
     square.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
     small = square.resize((28, 28), Image.Resampling.LANCZOS)
-    return torch.tensor(list(small.getdata()), dtype=torch.float32).reshape(28, 28) / 255
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255)  # (28, 28)
 
 
 def standardize(X: Tensor, stats: tuple[float, float] | None) -> Tensor:

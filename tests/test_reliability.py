@@ -80,7 +80,7 @@ def test_same_seed_same_run_other_seed_other_weights(tmp_path, data_dir):
     w = [_weights(tmp_path / f"r{i}" / "version_0") for i in range(3)]
     assert torch.equal(w[0]["W"], w[1]["W"]) and torch.equal(w[0]["b"], w[1]["b"])
     assert not torch.equal(w[0]["W"], w[2]["W"])
-    assert _comparable(runs[0])["test_acc"] != _comparable(runs[2])["test_acc"] or True  # accuracies may tie
+    assert [r["train_loss"] for r in runs[0]["history"]] != [r["train_loss"] for r in runs[2]["history"]]
 
 
 def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_dir):
