@@ -12,6 +12,7 @@ Every run lands in ``<log_dir>/version_N/``: TensorBoard events, ``checkpoints/l
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -27,11 +28,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from softmax_lightning.callbacks import ChapterFigures
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError
-from softmax_lightning.io import write_json
+from softmax_lightning.io import atomic_write_bytes, write_json
 from softmax_lightning.model import SoftmaxRegression
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -80,6 +82,20 @@ def check_writable(log_dir: str | Path) -> None:
                         f"writable folder") from None
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file beside the target, then rename: a kill never leaves a partial ``.ckpt``.
+
+    (Lightning's default goes through fsspec, whose temp file lives in the system temp folder; when that is another
+    filesystem, the final move is a copy, which a kill can interrupt.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI with the project's run layout: TensorBoard run folder, ``last.ckpt``, figures, resume."""
 
@@ -108,6 +124,7 @@ class TrainCLI(LightningCLI):
         bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg.get("enable_progress_bar") is not False else []
         kwargs["logger"] = TensorBoardLogger(save_dir=cfg.log_dir, name="", version=self.run_version,
                                              default_hp_metric=False)
+        kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), AtomicCheckpointIO()]
         kwargs["callbacks"] = [
             *user_callbacks,
             # every epoch: the newest epoch=N-step=M.ckpt and last.ckpt (Lightning 2.6 writes last.ckpt only
