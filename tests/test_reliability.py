@@ -132,3 +132,25 @@ def test_two_process_ddp_training_run(tmp_path, data_dir):
     assert m["global_step"] == 3 * 118  # ceil(30000 / 256) steps per epoch on each rank
     single = run_train(tmp_path / "single", "--trainer.max_epochs=3", "--data.batch_size=512")  # same global batch
     assert abs(m["test_acc"] - single["test_acc"]) <= 0.01
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    from softmax_lightning import io as sl_io
+    from softmax_lightning.cli import AtomicCheckpointIO
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    ckio = AtomicCheckpointIO()
+    ckio.save_checkpoint({"epoch": 1, "W": torch.ones(3)}, target)
+    good = target.read_bytes()
+
+    def crash(src, dst):  # the process dies between writing the temp file and renaming it
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(sl_io.os, "replace", crash)
+    try:
+        ckio.save_checkpoint({"epoch": 2, "W": torch.zeros(3)}, target)
+    except OSError:
+        pass
+    assert target.read_bytes() == good  # the last good checkpoint is intact
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no half-written temp file left behind
+    assert torch.load(target, weights_only=False)["epoch"] == 1
