@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import ArgumentError
@@ -103,7 +103,7 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="resume training: 'last' (newest run under --log_dir) or a .ckpt path")
         parser.add_argument("--log_dir", type=str, default="lightning_logs", help="where runs land (version_N/)")
-        parser.add_argument("--labels", type=str, default="en", help="class names in figures: en or zh")
+        parser.add_argument("--labels", type=Literal["en", "zh"], default="en", help="class names in figures")
         parser.link_arguments("seed_everything", "data.seed")
 
     def before_instantiate_classes(self) -> None:
@@ -111,8 +111,6 @@ class TrainCLI(LightningCLI):
         epochs = cfg.trainer.max_epochs
         if epochs is None or epochs < 1:
             raise UserError(f"max_epochs must be >= 1, got {epochs} (--trainer.max_epochs)")
-        if cfg.labels not in ("en", "zh"):
-            raise UserError(f"labels must be en or zh, got {cfg.labels!r} (--labels)")
         self.resume_from, version = resolve_checkpoint(cfg.ckpt_path, cfg.log_dir)
         check_writable(cfg.log_dir)
         self.run_version = version
@@ -178,6 +176,13 @@ def run(cli: TrainCLI) -> dict[str, Any]:
     return metrics
 
 
+def make_cli(args: list[str] | None = None) -> TrainCLI:
+    """Parse ``args`` and build model, data module and Trainer exactly as ``scripts/train.py`` does (no fitting)."""
+    return TrainCLI(SoftmaxRegression, FashionMNISTDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
+                    seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                    parser_kwargs={"exit_on_error": False, "default_config_files": []})
+
+
 def quiet_lightning() -> None:
     """Drop two lines of noise Lightning prints on every run (an advert for litlogger, a torch deprecation)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -194,10 +199,7 @@ def main(args: list[str] | None = None) -> int:
     quiet_lightning()
     try:
         try:
-            cli = TrainCLI(SoftmaxRegression, FashionMNISTDataModule, run=False, args=args,
-                           trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
-                           save_config_kwargs={"overwrite": True},
-                           parser_kwargs={"exit_on_error": False, "default_config_files": []})
+            cli = make_cli(args)
         except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
             raise UserError(f"bad configuration: {_one_line(e)} (see --help)") from None
         run(cli)

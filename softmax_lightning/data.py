@@ -67,7 +67,7 @@ def _gunzip(src: Path, dst: Path, fix: str) -> None:
         os.replace(tmp, dst)
     except (OSError, EOFError, zlib.error) as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, PermissionError) or (isinstance(e, OSError) and e.filename == str(tmp)):
+        if isinstance(e, OSError) and e.filename == str(tmp):
             raise UserError(f"cannot write {dst}: {e.strerror}; make {dst.parent} writable or pick another "
                             f"--data.data_dir") from None
         raise UserError(f"{src} is not a valid gzip file ({e}); {fix}") from None
@@ -206,15 +206,17 @@ class InMemoryLoader:
             order = torch.arange(n)
         return order[self.rank :: self.world_size].to(self.X.device)
 
+    def _count(self) -> int:
+        """How many samples this rank serves per epoch (what ``indices()`` would return, without building it)."""
+        n, w = len(self.y), self.world_size
+        return (n - n % w) // w if self.shuffle else len(range(self.rank, n, w))
+
     def __len__(self) -> int:
-        idx = self.indices() if self.world_size > 1 else None
-        n = len(self.y) if idx is None else len(idx)
-        return math.ceil(n / self.batch_size)
+        return math.ceil(self._count() / self.batch_size)
 
     def __iter__(self):
         idx = self.indices()
-        n = len(self.y) if idx is None else len(idx)
-        for start in range(0, n, self.batch_size):
+        for start in range(0, self._count(), self.batch_size):
             if idx is None:  # contiguous views, no copy
                 yield self.X[start : start + self.batch_size], self.y[start : start + self.batch_size]
             else:
@@ -284,11 +286,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 Xtr = self.splits["train"][0]
                 self.input_stats = (float(Xtr.mean()), float(Xtr.std()))
             mean, std = self.input_stats
-            done: dict[int, Tensor] = {}
-            for split, (X, y) in self.splits.items():  # val may alias test: standardize each tensor once
-                if id(X) not in done:
-                    done[id(X)] = X.sub_(mean).div_(std)
-                self.splits[split] = (done[id(X)], y)
+            for X in {id(X): X for X, _ in self.splits.values()}.values():  # val may alias test: each tensor once
+                X.sub_(mean).div_(std)
 
     def _loader(self, split: str) -> InMemoryLoader:
         """One loader factory for every split (train shuffles, the others keep the files' order)."""

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from softmax_lightning import functional as F
-from softmax_lightning.data import FashionMNISTDataModule, class_names
+from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError
 from softmax_lightning.model import NonFiniteLossError, SoftmaxRegression
 from softmax_lightning.predict import bayes_decisions
