@@ -33,6 +33,7 @@ import torch
 from softmax_lightning import functional as F
 from softmax_lightning.cli import make_cli, run as run_cli  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule, InMemoryLoader, find_raw_files
+from softmax_lightning.model import init_params
 from softmax_lightning.profiling import PeakRSS
 
 
@@ -54,11 +55,11 @@ class EpochTimer(L.Callback):
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def bench_project(epochs: int, data_dir: str, log_dir: str) -> dict:
-    """The Trainer path, configured by the same CLI as ``scripts/train.py``."""
+def bench_project(epochs: int, data_dir: str, log_dir: str, *args: str) -> dict:
+    """The Trainer path, configured by the same CLI as ``scripts/train.py`` (``args``: more CLI options)."""
     timer = EpochTimer()
     t0 = time.perf_counter()
-    cli = make_cli([f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}", f"--log_dir={log_dir}"])
+    cli = make_cli([f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}", f"--log_dir={log_dir}", *args])
     cli.trainer.callbacks.insert(0, timer)  # first: its on_train_end mark comes before the end-of-fit figures
     metrics = run_cli(cli)
     return {"epoch_s": timer.epochs, "total_s": time.perf_counter() - t0, "test_acc": metrics["test_acc"],
@@ -66,16 +67,16 @@ def bench_project(epochs: int, data_dir: str, log_dir: str) -> dict:
 
 
 def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1) -> dict:
-    """A plain loop: the same init, math, update and shuffle order as the project, nothing else."""
+    """A plain loop: the same init (and ``W`` layout), math, update, shuffle order and evaluation batches as the
+    project, one minibatch at a time, nothing else."""
     t0 = time.perf_counter()
     dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, seed=seed)
     dm.setup("fit")
     (Xtr, ytr), (Xte, yte) = dm.splits["train"], dm.splits["test"]
     train = InMemoryLoader(Xtr, ytr, batch_size, shuffle=True, seed=seed)
-    test = InMemoryLoader(Xte, yte, batch_size, shuffle=False)
+    test = dm.test_dataloader()  # the project's evaluation batches
     torch.manual_seed(seed)
-    W = torch.normal(0, 0.01, size=(784, 10), requires_grad=True)
-    b = torch.zeros(10, requires_grad=True)
+    W, b = (p.requires_grad_() for p in init_params(784, 10, 0.01))
     times, acc = [], 0.0
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -86,10 +87,10 @@ def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256
             l = F.cross_entropy(logits, y).sum()
             l.backward()
             with torch.no_grad():
-                for p in (W, b):  # d2l.sgd
-                    p -= lr * p.grad / len(y)
+                for p in (W, b):  # d2l.sgd, fused as in ChapterSGD: p -= (lr / batch) * grad
+                    p.add_(p.grad, alpha=-lr / len(y))
                     p.grad.zero_()
-            loss_sum, correct, n = loss_sum + float(l), correct + float(F.accuracy(logits, y)), n + len(y)
+            loss_sum, correct, n = loss_sum + l.item(), correct + F.accuracy(logits, y).item(), n + len(y)
         with torch.no_grad():
             test_correct = sum(float(F.accuracy(X.reshape(-1, 784) @ W + b, y)) for X, y in test)
         acc = test_correct / len(yte)

@@ -12,6 +12,8 @@ Every run lands in ``<log_dir>/version_N/``: TensorBoard events, ``checkpoints/l
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import os
@@ -29,8 +31,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.profilers import PassThroughProfiler
 
-from softmax_lightning.callbacks import ChapterFigures
+from softmax_lightning.callbacks import ChapterFigures, use_fast_event_checksums
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError
 from softmax_lightning.io import atomic_write_bytes, write_json
@@ -96,6 +99,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, buf.getvalue())
 
 
+class NoProfiler(PassThroughProfiler):
+    """Lightning's default "no profiler", minus its cost: Lightning wraps every hook call in ``profile(...)``
+    (about 30 per SGD step), and the default builds a generator context manager each time; this returns one shared
+    null context. ``--trainer.profiler simple`` (or any other) replaces it as usual."""
+
+    _null = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.nullcontext:  # type: ignore[override]
+        return self._null
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``state_key`` is built once: Lightning formats it into a label on every hook call
+    (a few per SGD step), and it is a function of settings that never change after ``__init__``."""
+
+    @functools.cached_property
+    def state_key(self) -> str:  # type: ignore[override]
+        return super().state_key
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI with the project's run layout: TensorBoard run folder, ``last.ckpt``, figures, resume."""
 
@@ -119,7 +142,10 @@ class TrainCLI(LightningCLI):
         cfg = self.config
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         user_callbacks = trainer_cfg.get("callbacks") or []
-        bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg.get("enable_progress_bar") is not False else []
+        bar = [TQDMProgressBar(refresh_rate=4)] if trainer_cfg.get("enable_progress_bar") is not False else []
+        if trainer_cfg.get("profiler") is None:
+            kwargs["profiler"] = NoProfiler()
+        use_fast_event_checksums()
         kwargs["logger"] = TensorBoardLogger(save_dir=cfg.log_dir, name="", version=self.run_version,
                                              default_hp_metric=False)
         kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), AtomicCheckpointIO()]
@@ -127,7 +153,7 @@ class TrainCLI(LightningCLI):
             *user_callbacks,
             # every epoch: the newest epoch=N-step=M.ckpt and last.ckpt (Lightning 2.6 writes last.ckpt only
             # in an epoch that also saved a top-k file, hence save_top_k=1 with no monitor)
-            ModelCheckpoint(save_last=True, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True),
+            EpochCheckpoint(save_last=True, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True),
             *bar,
             ChapterFigures(labels=cfg.labels),
         ]

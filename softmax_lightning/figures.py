@@ -119,7 +119,8 @@ class CurvesPlot:
     """The chapter's Animator as a file: train loss, train acc and val acc against epoch, x from 1 to max_epochs.
 
     Redrawn after every epoch cheaply: axes, ticks and legend are drawn once and cached (Agg "blitting"); an
-    update restores that background and draws only the lines (a full redraw happens only when the y-range grows).
+    update restores that background, draws only the three lines and writes a fast-compressed PNG (about 10 ms;
+    a full redraw happens only when the y-range grows).
     """
 
     SERIES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("val_acc", "val acc", "g-."))
@@ -132,10 +133,11 @@ class CurvesPlot:
         self.ax = self.fig.subplots()
         self.lines = [self.ax.plot([], [], fmt, label=label, animated=True)[0] for _, label, fmt in self.SERIES]
         self.ax.set(xlabel="epoch", xlim=(1, max(2, max_epochs)), ylim=(0.0, 1.0))
-        self.legend = self.ax.legend(loc="center right")
-        self.legend.set_animated(True)
+        handles = [self.ax.plot([], [], fmt, label=label)[0] for _, label, fmt in self.SERIES]  # legend keys only
+        self.ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
+                       fontsize=9)  # above the axes: static, drawn once into the cached background
         self.ax.grid(True)
-        self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.95)
+        self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.88)
         self._background = None
 
     def save(self, history: Sequence[dict[str, float]], path: str | Path) -> None:
@@ -151,46 +153,64 @@ class CurvesPlot:
             self.canvas.draw()  # the static parts, without the animated lines and legend
             self._background = self.canvas.copy_from_bbox(self.fig.bbox)
         self.canvas.restore_region(self._background)
-        for artist in (*self.lines, self.legend):
-            self.ax.draw_artist(artist)
+        for line in self.lines:
+            self.ax.draw_artist(line)
         from PIL import Image
 
         buf = io.BytesIO()
-        Image.frombuffer("RGBA", self.canvas.get_width_height(), self.canvas.buffer_rgba()).save(buf, format="png")
+        image = Image.frombuffer("RGBA", self.canvas.get_width_height(), self.canvas.buffer_rgba())
+        image.save(buf, format="png", compress_level=1)
         atomic_write_bytes(path, buf.getvalue())
+
+
+def _mosaic_axes(fig, images: Tensor, nrow: int, gap: int, cmap: str, **imshow) -> tuple[object, list]:
+    """One axes showing ``images`` ``(n, 28, 28)`` as a grid with ``gap`` blank pixels above each row (for titles);
+    returns the axes and each image's title anchor ``(x, y)`` in data coordinates.
+
+    One ``imshow`` of a mosaic instead of a subplot per image: about 4x faster to build and render.
+    """
+    import numpy as np
+
+    n, (h, w), pad = len(images), images.shape[1:], 2
+    ncol = -(-n // nrow)
+    mosaic = np.full((nrow * (h + gap), ncol * (w + pad)), np.nan)
+    anchors = []
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        top, left = r * (h + gap) + gap, c * (w + pad)
+        mosaic[top : top + h, left : left + w] = images[i].numpy()
+        anchors.append((left + w / 2, top - 1))
+    ax = fig.add_axes((0.01, 0.02, 0.98, 0.86))
+    cm = __import__("matplotlib").colormaps[cmap].with_extremes(bad="white")  # NaN padding: white
+    ax.imshow(mosaic, cmap=cm, interpolation="nearest", **imshow)
+    ax.axis("off")
+    return ax, anchors
 
 
 def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str = "en",
                      probs: Tensor | None = None):
     """``predict_ch3``'s grid: 2 rows, each image titled true over predicted; wrong predictions in red."""
     n = len(images)
-    cols = max(1, -(-n // 2))
-    fig, names = _new_figure((1.3 * cols, 3.4), labels)
-    axes = fig.subplots(2, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
+    fig, names = _new_figure((1.05 * max(2, -(-n // 2)), 3.4), labels)
+    ax, anchors = _mosaic_axes(fig, images.detach().float().cpu().reshape(-1, 28, 28), nrow=2, gap=14, cmap="gray")
+    for i, (x, y) in enumerate(anchors):
         t, p = int(trues[i]), int(preds[i])
-        ax.imshow(images[i].detach().cpu().reshape(28, 28), cmap="gray")
         extra = f" {float(probs[i]):.0%}" if probs is not None else ""
-        ax.set_title(f"{names[t]}\n{names[p]}{extra}", fontsize=8, color="black" if t == p else "red")
+        ax.text(x, y, f"{names[t]}\n{names[p]}{extra}", ha="center", va="bottom", fontsize=8,
+                color="black" if t == p else "red")
     fig.suptitle("true / predicted (red: wrong)", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.8, wspace=0.1, hspace=0.45)
     return fig
 
 
 def plot_weights(W: Tensor, labels: str = "en"):
     """The ten columns of ``W`` as 28x28 templates (red: positive weight, blue: negative), one per class."""
-    fig, names = _new_figure((7.5, 3.4), labels)
+    fig, names = _new_figure((7.5, 3.6), labels)
     w = W.detach().float().cpu()
     lim = float(w.abs().max())
-    for k, ax in enumerate(fig.subplots(2, 5).flat):
-        ax.imshow(w[:, k].reshape(28, 28), cmap="bwr", vmin=-lim, vmax=lim)
-        ax.set_title(names[k], fontsize=9)
-        ax.axis("off")
+    ax, anchors = _mosaic_axes(fig, w.T.reshape(-1, 28, 28), nrow=2, gap=8, cmap="bwr", vmin=-lim, vmax=lim)
+    for (x, y), name in zip(anchors, names):  # (784, 10) -> (10, 28, 28): one template per class
+        ax.text(x, y, name, ha="center", va="bottom", fontsize=9)
     fig.suptitle("W's columns: what each class looks for", fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.82, wspace=0.05, hspace=0.25)
     return fig
 
 

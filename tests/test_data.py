@@ -2,23 +2,49 @@
 
 import torch
 
-from softmax_lightning.data import CLASSES_EN, CLASSES_ZH, FashionMNISTDataModule, InMemoryLoader, class_names
+from softmax_lightning.data import (CLASSES_EN, CLASSES_ZH, FashionMNISTDataModule, InMemoryLoader, class_names,
+                                    load_split, minibatches)
 
 
 def test_batches_shapes_ranges_and_counts(data_dir):
-    dm = FashionMNISTDataModule(data_dir=str(data_dir))
+    dm = FashionMNISTDataModule(data_dir=str(data_dir))  # steps_per_batch=16: 235 minibatches in 15 groups
     dm.prepare_data()
     dm.setup("fit")
     train, test = dm.train_dataloader(), dm.test_dataloader()
-    assert (len(train), len(test)) == (235, 40)
-    X, y = next(iter(train))
+    assert (len(train), train.num_minibatches, len(test)) == (15, 235, 3)
+    group = next(iter(train))
+    assert isinstance(group, list) and len(group) == 16
+    X, y = group[0]
     assert X.shape == (256, 1, 28, 28) and X.dtype == torch.float32
     assert y.shape == (256,) and y.dtype == torch.int64
     assert 0.0 <= float(X.min()) and float(X.max()) <= 1.0 and float(X.max()) > 0.9
-    sizes = [len(y) for _, y in train]
+    sizes = [len(y) for g in train for _, y in minibatches(g)]
     assert len(sizes) == 235 and sizes[-1] == 60000 - 234 * 256  # last partial batch kept
-    assert sum(len(y) for _, y in test) == 10000
+    assert [len(g) for g in train][-1] == 235 - 14 * 16
+    assert sum(len(y) for _, y in test) == 10000 and len(next(iter(test))[1]) == 16 * 256
     assert dm.num_classes == 10
+
+
+def test_grouping_changes_nothing_but_the_packaging(data_dir):
+    """steps_per_batch only packs minibatches: the same minibatches, same order, for every group size."""
+    X, y = torch.arange(1000.0).reshape(1000, 1), torch.arange(1000)
+    flat = []
+    for group in (1, 3, 16):
+        ld = InMemoryLoader(X, y, 64, shuffle=True, seed=5, group=group)
+        ld.set_epoch(2)
+        flat.append([b for item in ld for _, b in minibatches(item)])
+        assert len(ld) == -(-16 // group) and ld.num_minibatches == 16
+    for other in flat[1:]:
+        assert len(other) == len(flat[0]) and all(torch.equal(a, b) for a, b in zip(flat[0], other))
+
+
+def test_idx_parser_matches_torchvision(data_dir):
+    from torchvision.datasets import FashionMNIST
+
+    for split in ("train", "test"):
+        images, labels = load_split(data_dir, split)
+        ref = FashionMNIST(str(data_dir), train=split == "train", download=False)
+        assert torch.equal(images, ref.data) and torch.equal(labels, ref.targets)
 
 
 def test_val_is_the_test_split_by_default_and_a_seeded_holdout_otherwise(data_dir):
