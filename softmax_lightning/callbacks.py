@@ -44,6 +44,22 @@ def use_fast_event_checksums() -> bool:
     return True
 
 
+def _add_image(tb, tag: str, image: torch.Tensor, step: int) -> None:
+    """``SummaryWriter.add_image`` for a ``(3, H, W)`` image in [0, 1], PNG-compressed fast (zlib level 1 instead of
+    6: a third of the time, files ~20% larger), since these are written every epoch."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()  # -> (H, W, 3)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    h, w, c = pixels.shape
+    png = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=buf.getvalue())
+    tb.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=png)]), step)
+
+
 def _tensorboard(trainer: L.Trainer):
     """The TensorBoard ``SummaryWriter`` of the trainer's first TensorBoardLogger, or ``None``."""
     for logger in trainer.loggers:
@@ -106,12 +122,13 @@ class ChapterFigures(L.Callback):
         step = trainer.current_epoch + 1
         tb.add_histogram("W", pl_module.W.detach().cpu(), step)
         tb.add_histogram("b", pl_module.b.detach().cpu(), step)
-        tb.add_image("templates", figures.templates_image(pl_module.W), step)
         X, y = self._first_test_images(trainer)
         with torch.no_grad():
             preds = pl_module(X).argmax(1)
-        tb.add_image("predictions", figures.predictions_image(X.reshape(-1, 28, 28), y, preds), step)
-        tb.add_image("confusion", figures.confusion_image(self.last_confusion), step)
+        for tag, image in (("templates", figures.templates_image(pl_module.W)),
+                           ("predictions", figures.predictions_image(X.reshape(-1, 28, 28), y, preds)),
+                           ("confusion", figures.confusion_image(self.last_confusion))):
+            _add_image(tb, tag, image, step)
 
     def _first_test_images(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         X, y = trainer.datamodule.splits["test"]

@@ -151,9 +151,11 @@ class TrainCLI(LightningCLI):
         kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), AtomicCheckpointIO()]
         kwargs["callbacks"] = [
             *user_callbacks,
-            # every epoch: the newest epoch=N-step=M.ckpt and last.ckpt (Lightning 2.6 writes last.ckpt only
-            # in an epoch that also saved a top-k file, hence save_top_k=1 with no monitor)
-            EpochCheckpoint(save_last=True, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True),
+            # every epoch: the newest epoch=N.ckpt and last.ckpt (Lightning 2.6 writes last.ckpt only in an epoch
+            # that also saved a top-k file, hence save_top_k=1 with no monitor; the name leaves out "step", which
+            # here is the logged epoch axis, not trainer.global_step)
+            EpochCheckpoint(filename="epoch={epoch}", save_last=True, save_top_k=1, every_n_epochs=1,
+                            save_on_train_epoch_end=True),
             *bar,
             ChapterFigures(labels=cfg.labels),
         ]

@@ -90,7 +90,7 @@ class SoftmaxRegression(L.LightningModule):
         for s in STAGES:
             self.metrics[f"{s}_loss"] = MeanMetric(nan_strategy="disable")
             self.metrics[f"{s}_acc"] = MulticlassAccuracy(num_outputs, average="micro", validate_args=False)
-        self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {s: [] for s in STAGES}
+        self._pending: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {s: [] for s in STAGES}
         self.samples_seen = 0  # training samples this rank has stepped on, over the whole run (resume included)
         self.history: list[dict[str, float]] = []  # one row per epoch: the Animator's data, kept in checkpoints
 
@@ -120,17 +120,29 @@ class SoftmaxRegression(L.LightningModule):
         return F.cross_entropy(logits, y), logits
 
     def _common_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
-        """Summed loss and predictions shared by every stage; keeps ``(loss sum, preds, y)`` for the epoch's metrics.
-
-        The metric objects are updated once per epoch with everything kept here (a per-step ``update`` costs
-        about a quarter of a CPU training step).
-        """
+        """Summed loss and predictions shared by every stage; keeps ``(loss sum, preds, y)`` for ``_update_metrics``."""
         X, y = batch
         loss, logits = self.loss(X, y)
         total = loss.sum()  # the chapter's l.sum()
         preds = logits.detach().argmax(1)  # (batch, classes) -> (batch,)
-        self._epoch_outputs[stage].append((total.detach(), preds, y))
+        self._pending[stage].append((total.detach(), preds, y))
         return total, preds
+
+    def _update_metrics(self, stage: str) -> None:
+        """Feed what ``_common_step`` kept to the stage's metric objects: once per Lightning batch.
+
+        Not per SGD step (an ``update`` costs about a quarter of a CPU step), nor once per epoch: an epoch of small
+        kept tensors interleaved with the 800 KB minibatch buffers fragments the heap, ~120 MB more peak memory.
+        """
+        pending, self._pending[stage] = self._pending[stage], []
+        if not pending:
+            return
+        losses, preds, ys = zip(*pending)
+        n = sum(len(y) for y in ys)
+        if stage == "train" and not self.trainer.sanity_checking:
+            self.samples_seen += n
+        self.metrics[f"{stage}_loss"].update(torch.stack(losses).sum() / n, weight=n)
+        self.metrics[f"{stage}_acc"].update(torch.cat(preds), torch.cat(ys))
 
     def training_step(self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
         """The chapter's ``l.sum().backward(); updater(X.shape[0])`` for each minibatch in the batch.
@@ -138,14 +150,14 @@ class SoftmaxRegression(L.LightningModule):
         A batch is one ``(X, y)`` minibatch or a list of them (``FashionMNISTDataModule(steps_per_batch=k)``): one
         hand-written SGD step per minibatch, in order, exactly as if Lightning had served them one by one.
         """
-        max_steps = self.trainer.max_steps
+        opt, sched, max_steps = self.optimizers(), self.lr_schedulers(), self.trainer.max_steps
         for X, y in minibatches(batch):
             if 0 <= max_steps <= self.trainer.global_step:  # --trainer.max_steps counts SGD steps
-                return
-            self._sgd_step(X, y)
+                break
+            self._sgd_step(X, y, opt, sched)
+        self._update_metrics("train")
 
-    def _sgd_step(self, X: Tensor, y: Tensor) -> None:
-        opt = self.optimizers()
+    def _sgd_step(self, X: Tensor, y: Tensor, opt, sched) -> None:
         total, _ = self._common_step((X, y), "train")
         value = total.item()  # one host sync per step: cheaper on CPU than a torch.isfinite op
         if not math.isfinite(value):
@@ -155,24 +167,19 @@ class SoftmaxRegression(L.LightningModule):
                 f"smaller --model.lr (now {self.hparams.lr})")
         self.manual_backward(total)
         opt.step(batch_size=len(y))
-        sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """``FashionMNISTDataModule`` keeps every split on the training device, so its batches need no transfer;
-        skip Lightning's walk over each tensor of a group of minibatches (other loaders still get moved)."""
-        X = minibatches(batch)[0][0]
-        if isinstance(X, Tensor) and X.device == device:
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Returns the predicted classes (callbacks build the confusion matrix from them)."""
-        return self._common_step(batch, "val")[1]
+        preds = self._common_step(batch, "val")[1]
+        self._update_metrics("val")
+        return preds
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._common_step(batch, "test")[1]
+        preds = self._common_step(batch, "test")[1]
+        self._update_metrics("test")
+        return preds
 
     def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Class probabilities for a batch of images (or an ``(X, y)`` batch)."""
@@ -185,22 +192,18 @@ class SoftmaxRegression(L.LightningModule):
         torchmetrics' ``compute`` already reduces over DDP ranks. ``step`` makes the epoch (1-based; for test, the
         number of epochs trained) the x-axis in TensorBoard.
         """
+        self._update_metrics(stage)
+        names = (f"{stage}_loss", f"{stage}_acc")
         if self.trainer.sanity_checking:
-            self._epoch_outputs[stage].clear()
+            for name in names:
+                self.metrics[name].reset()
             return
         fitting = stage != "test"
         self.log("step", float(self.current_epoch + fitting))
-        outputs, self._epoch_outputs[stage] = self._epoch_outputs[stage], []
-        if not outputs:
+        if self.metrics[names[1]].update_count == 0:
             return
-        losses, preds, ys = zip(*outputs)
-        n = sum(len(y) for y in ys)
-        if stage == "train":
-            self.samples_seen += n
-        self.metrics[f"{stage}_loss"].update(torch.stack(losses).sum() / n, weight=n)
-        self.metrics[f"{stage}_acc"].update(torch.cat(preds), torch.cat(ys))
         row = self._history_row() if fitting else {}
-        for name in (f"{stage}_loss", f"{stage}_acc"):
+        for name in names:
             metric = self.metrics[name]
             value = metric.compute()
             self.log(name, value, prog_bar=fitting)

@@ -3,7 +3,7 @@
 import torch
 
 from softmax_lightning.data import (CLASSES_EN, CLASSES_ZH, FashionMNISTDataModule, InMemoryLoader, class_names,
-                                    load_split, minibatches)
+                                    MinibatchGroup, load_split, minibatches)
 
 
 def test_batches_shapes_ranges_and_counts(data_dir):
@@ -13,8 +13,9 @@ def test_batches_shapes_ranges_and_counts(data_dir):
     train, test = dm.train_dataloader(), dm.test_dataloader()
     assert (len(train), train.num_minibatches, len(test)) == (15, 235, 3)
     group = next(iter(train))
-    assert isinstance(group, list) and len(group) == 16
-    X, y = group[0]
+    assert isinstance(group, MinibatchGroup) and len(group) == 16
+    assert group.to("cpu") is group  # already on the device: Lightning's transfer is free
+    X, y = next(iter(group))
     assert X.shape == (256, 1, 28, 28) and X.dtype == torch.float32
     assert y.shape == (256,) and y.dtype == torch.int64
     assert 0.0 <= float(X.min()) and float(X.max()) <= 1.0 and float(X.max()) > 0.9

@@ -49,3 +49,20 @@ def test_rejects_bad_arguments():
         ChapterSGD([torch.zeros(1, requires_grad=True)], lr=0)
     with pytest.raises(ValueError):
         ChapterSGD([torch.zeros(1, requires_grad=True)], lr=0.1, nesterov=True)
+
+
+def test_step_hooks_and_profiler_label_still_work():
+    """ChapterSGD skips torch's step wrapper only when it has nothing to do."""
+    W = torch.ones(3, requires_grad=True)
+    opt = ChapterSGD([W], lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    W.grad = torch.ones(3)
+    opt.step(batch_size=2)
+    assert calls == ["pre", "post"]
+    torch.testing.assert_close(W.detach(), torch.full((3,), 0.95), rtol=0, atol=1e-7)
+    with torch.profiler.profile() as prof:
+        W.grad = torch.ones(3)
+        opt.step(batch_size=2)
+    assert any(e.name == "Optimizer.step#ChapterSGD.step" for e in prof.events())
