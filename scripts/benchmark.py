@@ -68,17 +68,18 @@ def bench_project(epochs: int, data_dir: str, log_dir: str, *args: str) -> dict:
             "train_loss": metrics["train_loss"], "train_acc": metrics["train_acc"]}
 
 
-def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1) -> dict:
+def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1,
+                device: str = "cpu") -> dict:
     """A plain loop: the same init (and ``W`` layout), math, update, shuffle order and evaluation batches as the
-    project, one minibatch at a time, nothing else."""
+    project, one minibatch at a time, nothing else; both splits on ``device``."""
     t0 = time.perf_counter()
     dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, seed=seed)
     dm.setup("fit")
-    (Xtr, ytr), (Xte, yte) = dm.splits["train"], dm.splits["test"]
+    (Xtr, ytr), (Xte, yte) = ((X.to(device), y.to(device)) for X, y in (dm.splits["train"], dm.splits["test"]))
     train = InMemoryLoader(Xtr, ytr, batch_size, shuffle=True, seed=seed)
-    test = dm.test_dataloader()  # the project's evaluation batches
+    test = InMemoryLoader(Xte, yte, dm.test_dataloader().batch_size, shuffle=False)  # the project's eval batches
     torch.manual_seed(seed)
-    W, b = (p.requires_grad_() for p in init_params(784, 10, 0.01))
+    W, b = (p.to(device).requires_grad_() for p in init_params(784, 10, 0.01))
     times, acc = [], 0.0
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -152,13 +153,16 @@ def main() -> int:
                              "speed drifts by +-15%% over tens of seconds, and alternating spreads the drift over both")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped")
     args = parser.parse_args()
     find_raw_files(args.data_dir)
     d2l_epochs = args.d2l_epochs or args.epochs
     with tempfile.TemporaryDirectory() as log_dir:
-        schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir)),
-                    ("project", lambda: bench_project(args.epochs, args.data_dir, log_dir))] * args.rounds
-        if not args.skip_d2l:
+        accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
+                    ("project", lambda: bench_project(args.epochs, args.data_dir, log_dir, *accel))] * args.rounds
+        if not args.skip_d2l and args.device == "cpu":
             schedule.append(("d2l", lambda: bench_d2l(d2l_epochs, args.data_dir)))
         results: dict[str, dict] = {}
         for name, fn in schedule:
@@ -188,7 +192,9 @@ def main() -> int:
     if not agree:
         print(f"\n!!! TEST ACCURACIES DISAGREE by {spread:.4f} (> 0.01): the three loops do not compute the same "
               f"thing !!!", file=sys.stderr)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.processor() or ''}"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    if args.device == "cuda":
+        machine += f", GPU {torch.cuda.get_device_name()}"
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "ratios": ratios,
                                           "accuracies_agree": agree}, indent=2) + "\n")
     print(f"machine: {machine}\nwrote {args.out}")
