@@ -144,11 +144,12 @@ class SoftmaxRegression(L.LightningModule):
         self.metrics[f"{stage}_loss"].update(torch.stack(losses).sum() / n, weight=n)
         self.metrics[f"{stage}_acc"].update(torch.cat(preds), torch.cat(ys))
 
-    def training_step(self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
+    def training_step(self, batch, batch_idx: int) -> None:
         """The chapter's ``l.sum().backward(); updater(X.shape[0])`` for each minibatch in the batch.
 
-        A batch is one ``(X, y)`` minibatch or a list of them (``FashionMNISTDataModule(steps_per_batch=k)``): one
-        hand-written SGD step per minibatch, in order, exactly as if Lightning had served them one by one.
+        A batch is one ``(X, y)`` minibatch or several (a ``MinibatchGroup``, from
+        ``FashionMNISTDataModule(steps_per_batch=k)``): one hand-written SGD step per minibatch, in order, exactly
+        as if Lightning had served them one by one.
         """
         opt, sched, max_steps = self.optimizers(), self.lr_schedulers(), self.trainer.max_steps
         for X, y in minibatches(batch):

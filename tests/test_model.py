@@ -66,3 +66,23 @@ def test_hand_written_parts_call_no_torch_shortcuts():
                 base = ast.unparse(node.value)
                 assert base not in ("torch", "nn", "torch.nn", "TF", "torch.nn.functional", "torch.optim"), \
                     f"{mod.__name__} uses {base}.{node.attr}"
+
+
+def test_minibatch_groups_train_exactly_like_single_minibatches(data_dir):
+    """steps_per_batch is packaging only: the same SGD steps, bit for bit, cosine schedule and momentum included."""
+    weights, steps = [], []
+    for k in (1, 16):
+        torch.manual_seed(0)
+        m = SoftmaxRegression(lr=0.05, momentum=0.9, nesterov=True, lr_schedule="cosine")
+        trainer = _trainer(max_epochs=2, limit_val_batches=0)
+        trainer.fit(m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), steps_per_batch=k))
+        weights.append(torch.cat([m.W.detach().flatten(), m.b.detach()]))
+        steps.append((trainer.global_step, m.samples_seen, trainer.optimizers[0].param_groups[0]["lr"]))
+    assert torch.equal(weights[0], weights[1])
+    assert steps[0] == steps[1] == (2 * 235, 2 * 60000, 0.0)  # the cosine reaches 0 on the last step
+
+
+def test_max_steps_counts_sgd_steps_inside_a_group(data_dir):
+    trainer = _trainer(max_steps=20, limit_val_batches=0)
+    trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
+    assert trainer.global_step == 20
