@@ -35,6 +35,19 @@ def test_event_files_hold_histograms_images_and_hparams(chapter_run):
     assert b"val_acc" in plugin["_hparams_/experiment"] and b"test_acc" in plugin["_hparams_/experiment"]
 
 
+def test_fast_event_checksums_equal_tensorboards_own():
+    """The C CRC-32C that use_fast_event_checksums installs gives TensorBoard's pure-Python checksums."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+
+    from softmax_lightning.callbacks import use_fast_event_checksums
+
+    assert use_fast_event_checksums()
+    rng = np.random.default_rng(0)
+    for data in (b"", b"a", rng.integers(0, 256, 10_000, dtype=np.uint8).tobytes(), bytes(range(256)) * 3):
+        assert record_writer.masked_crc32c(data) == reference(data)
+
+
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_png_figures_decode_and_are_not_blank(chapter_run, name):
     img = np.asarray(Image.open(Path(chapter_run["run_dir"]) / name).convert("L"))

@@ -46,3 +46,14 @@ def test_cli_overrides_apply(tmp_path, data_dir):
     cfg = (tmp_path / "version_0" / "config.yaml").read_text()
     assert "lr: 0.2" in cfg and "batch_size: 512" in cfg
     assert json.loads((tmp_path / "version_0" / "metrics.json").read_text())["test_acc"] > 0.6
+
+
+def test_profiler_option_still_works(tmp_path, data_dir):
+    """The default no-op profiler is replaced by whatever --trainer.profiler names."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from softmax_lightning.cli import NoProfiler, make_cli
+
+    base = [f"--log_dir={tmp_path}", f"--data.data_dir={data_dir}"]
+    assert isinstance(make_cli(base).trainer.profiler, NoProfiler)
+    assert isinstance(make_cli([*base, "--trainer.profiler=simple"]).trainer.profiler, SimpleProfiler)
