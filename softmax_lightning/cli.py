@@ -154,7 +154,7 @@ class TrainCLI(LightningCLI):
             # every epoch: the newest epoch=N.ckpt and last.ckpt (Lightning 2.6 writes last.ckpt only in an epoch
             # that also saved a top-k file, hence save_top_k=1 with no monitor; the name leaves out "step", which
             # here is the logged epoch axis, not trainer.global_step)
-            EpochCheckpoint(filename="epoch={epoch}", save_last=True, save_top_k=1, every_n_epochs=1,
+            EpochCheckpoint(filename="{epoch}", save_last=True, save_top_k=1, every_n_epochs=1,
                             save_on_train_epoch_end=True),
             *bar,
             ChapterFigures(labels=cfg.labels),

@@ -18,6 +18,7 @@ def test_chapter_recipe_meets_d2l_asserts(chapter_run):
     assert m["test_acc"] >= 0.80
     assert m["epochs"] == 10 and m["global_step"] == 2350
     assert Path(m["checkpoint"]).is_file() and m["train_seconds"] > 0
+    assert sorted(p.name for p in Path(m["checkpoint"]).parent.iterdir()) == ["epoch=9.ckpt", "last.ckpt"]
     assert [r["epoch"] for r in m["history"]] == list(range(1, 11))
 
 
