@@ -133,9 +133,8 @@ class CurvesPlot:
         self.ax = self.fig.subplots()
         self.lines = [self.ax.plot([], [], fmt, label=label, animated=True)[0] for _, label, fmt in self.SERIES]
         self.ax.set(xlabel="epoch", xlim=(1, max(2, max_epochs)), ylim=(0.0, 1.0))
-        handles = [self.ax.plot([], [], fmt, label=label)[0] for _, label, fmt in self.SERIES]  # legend keys only
-        self.ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
-                       fontsize=9)  # above the axes: static, drawn once into the cached background
+        self.ax.legend(handles=self.lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
+                       fontsize=9)  # above the axes; its keys are copies, not animated: drawn once, in the background
         self.ax.grid(True)
         self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.88)
         self._background = None
