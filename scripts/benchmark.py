@@ -35,6 +35,7 @@ import torch
 from softmax_lightning import functional as F
 from softmax_lightning.cli import make_cli, run as run_cli  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule, InMemoryLoader, find_raw_files
+from softmax_lightning.errors import UserError
 from softmax_lightning.model import init_params
 from softmax_lightning.profiling import PeakRSS
 
@@ -156,7 +157,19 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped")
     args = parser.parse_args()
-    find_raw_files(args.data_dir)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA GPU here; run without --device (CPU)", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out).resolve().parent
+    if not (out_dir.is_dir() and os.access(out_dir, os.W_OK)):
+        print(f"error: cannot write {args.out}: {out_dir} is not a writable folder; pass --out with another path",
+              file=sys.stderr)
+        return 2
+    try:
+        find_raw_files(args.data_dir)
+    except UserError as e:
+        print(f"error: {str(e).replace('--data.data_dir', '--data-dir')}", file=sys.stderr)  # this script's name
+        return 2
     d2l_epochs = args.d2l_epochs or args.epochs
     with tempfile.TemporaryDirectory() as log_dir:
         accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]

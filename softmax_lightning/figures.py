@@ -25,14 +25,22 @@ log = logging.getLogger(__name__)
 RIGHT, WRONG = (0.1, 0.7, 0.2), (0.9, 0.1, 0.1)
 
 
-def tile(images: Tensor, nrow: int, pad: int = 2, value: float = 1.0) -> Tensor:
-    """``(n, h, w)`` grayscale images -> one ``(rows*(h+pad)+pad, nrow*(w+pad)+pad)`` mosaic, row-major."""
+def _cell(i: int, nrow: int, h: int, w: int, pad: int, top: int) -> tuple[int, int]:
+    """Top-left pixel ``(y, x)`` of image ``i`` in ``tile``'s mosaic."""
+    r, c = divmod(i, nrow)
+    return pad + top + r * (h + pad + top), pad + c * (w + pad)
+
+
+def tile(images: Tensor, nrow: int, pad: int = 2, value: float = 1.0, top: int = 0) -> Tensor:
+    """``(n, h, w)`` grayscale images -> one mosaic, row-major, ``nrow`` images per row, ``pad`` pixels between
+    them and ``top`` more blank rows above each row of images (room for titles):
+    ``(rows*(h+pad+top)+pad, nrow*(w+pad)+pad)``."""
     n, h, w = images.shape
     rows = -(-n // nrow)
-    out = images.new_full((rows * (h + pad) + pad, nrow * (w + pad) + pad), value)
+    out = images.new_full((rows * (h + pad + top) + pad, nrow * (w + pad) + pad), value)
     for i in range(n):
-        r, c = divmod(i, nrow)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
+        y, x = _cell(i, nrow, h, w, pad, top)
+        out[y : y + h, x : x + w] = images[i]
     return out
 
 
@@ -107,14 +115,6 @@ def save_png(fig, path: str | Path | None = None, dpi: int = 100) -> bytes:
     return data
 
 
-def png_to_array(png: bytes):
-    """Decode PNG bytes to an ``(H, W, 3)`` uint8 array."""
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-
-
 class CurvesPlot:
     """The chapter's Animator as a file: train loss, train acc and val acc against epoch, x from 1 to max_epochs.
 
@@ -168,20 +168,18 @@ def _mosaic_axes(fig, images: Tensor, nrow: int, gap: int, cmap: str, **imshow) 
 
     One ``imshow`` of a mosaic instead of a subplot per image: about 4x faster to build and render.
     """
-    import numpy as np
+    import matplotlib
 
     n, (h, w), pad = len(images), images.shape[1:], 2
     ncol = -(-n // nrow)
-    mosaic = np.full((nrow * (h + gap), ncol * (w + pad)), np.nan)
+    mosaic = tile(images.float(), ncol, pad=pad, value=float("nan"), top=gap - pad)
     anchors = []
     for i in range(n):
-        r, c = divmod(i, ncol)
-        top, left = r * (h + gap) + gap, c * (w + pad)
-        mosaic[top : top + h, left : left + w] = images[i].numpy()
-        anchors.append((left + w / 2, top - 1))
+        y, x = _cell(i, ncol, h, w, pad, gap - pad)
+        anchors.append((x + w / 2, y - 1))
     ax = fig.add_axes((0.01, 0.02, 0.98, 0.86))
-    cm = __import__("matplotlib").colormaps[cmap].with_extremes(bad="white")  # NaN padding: white
-    ax.imshow(mosaic, cmap=cm, interpolation="nearest", **imshow)
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")  # NaN padding: white
+    ax.imshow(mosaic.numpy(), cmap=cm, interpolation="nearest", **imshow)
     ax.axis("off")
     return ax, anchors
 

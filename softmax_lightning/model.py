@@ -171,16 +171,17 @@ class SoftmaxRegression(L.LightningModule):
         if sched is not None:
             sched.step()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Returns the predicted classes (callbacks build the confusion matrix from them)."""
-        preds = self._common_step(batch, "val")[1]
-        self._update_metrics("val")
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        """Loss and accuracy into the stage's metrics; returns the predicted classes (the confusion matrix's input)."""
+        preds = self._common_step(batch, stage)[1]
+        self._update_metrics(stage)
         return preds
 
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val")
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        preds = self._common_step(batch, "test")[1]
-        self._update_metrics("test")
-        return preds
+        return self._eval_step(batch, "test")
 
     def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Class probabilities for a batch of images (or an ``(X, y)`` batch)."""
@@ -193,8 +194,7 @@ class SoftmaxRegression(L.LightningModule):
         torchmetrics' ``compute`` already reduces over DDP ranks. ``step`` makes the epoch (1-based; for test, the
         number of epochs trained) the x-axis in TensorBoard.
         """
-        self._update_metrics(stage)
-        names = (f"{stage}_loss", f"{stage}_acc")
+        names = (f"{stage}_loss", f"{stage}_acc")  # the steps already fed them (_update_metrics)
         if self.trainer.sanity_checking:
             for name in names:
                 self.metrics[name].reset()
@@ -253,7 +253,6 @@ class SoftmaxRegression(L.LightningModule):
         if trainer.max_steps > 0:
             return trainer.max_steps
         loader = trainer.train_dataloader
-        per_batch = getattr(loader, "group", 1)
-        if per_batch > 1 and trainer.num_training_batches == len(loader):  # whole epochs: the last group is short
-            return max(1, trainer.max_epochs * loader.num_minibatches)
-        return max(1, int(batches) * per_batch)
+        if hasattr(loader, "num_minibatches") and trainer.num_training_batches == len(loader):
+            return max(1, trainer.max_epochs * loader.num_minibatches)  # whole epochs (the last group may be short)
+        return max(1, int(batches) * getattr(loader, "group", 1))

@@ -131,6 +131,7 @@ def test_corrupt_debian_package_file(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("arg,text", [
     ("--model.lr=0", "lr must be"), ("--model.lr=-0.5", "lr must be"), ("--model.lr=inf", "lr"),
     ("--model.lr=nan", "lr"), ("--data.batch_size=0", "batch_size must be >= 1"),
+    ("--data.steps_per_batch=0", "steps_per_batch must be >= 1"),
     ("--trainer.max_epochs=0", "max_epochs must be >= 1"), ("--model.init_std=-1", "init_std must be"),
     ("--data.val_size=-1", "val_size must be >= 0"), ("--data.val_size=60000", "val_size must be smaller"),
     ("--trainer.accelerator=warp", "invalid accelerator"), ("--trainer.accelerator=gpu", "gpu"),
@@ -160,3 +161,20 @@ def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: lr must be")
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--out", "/nonexistent/b.json"], "cannot write /nonexistent/b.json"),
+    (["--device", "cuda"], "sees no CUDA GPU"),
+])
+def test_benchmark_bad_input_is_one_line(tmp_path, args, text):
+    if "cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    out = subprocess.run([sys.executable, "scripts/benchmark.py", "--skip-d2l", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0]

@@ -28,6 +28,11 @@ def test_event_files_hold_histograms_images_and_hparams(chapter_run):
     for tag in ("templates", "predictions", "confusion"):
         assert [e.step for e in ea.Images(tag)] == list(range(1, 11))
     assert {"figures/weights", "figures/predictions", "figures/confusion"} <= set(tags["images"])
+    for name in ("weights", "predictions", "confusion"):  # TensorBoard holds the very PNG files, with their size
+        event = ea.Images(f"figures/{name}")[-1]
+        png = (run / f"{name}.png").read_bytes()
+        assert event.encoded_image_string == png
+        assert (event.width, event.height) == Image.open(run / f"{name}.png").size
     plugin = ea.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in plugin and "_hparams_/session_start_info" in plugin
     start = plugin["_hparams_/session_start_info"].decode("latin-1")
