@@ -3,8 +3,9 @@ PY      := .venv/bin/python
 DATA    := data/FashionMNIST/raw
 SYSDATA := /usr/share/datasets/fashion-mnist
 STAMP   := .venv/.installed
+NBSTAMP := .venv/.notebook-installed
 
-.PHONY: train test setup data fonts benchmark exercises clean
+.PHONY: train test setup data fonts benchmark exercises notebook notebook-outputs clean
 
 train: setup data
 	$(PY) scripts/train.py $(ARGS)
@@ -25,6 +26,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+
+# The chapter as a Jupyter notebook: JupyterLab (the `notebook` extra, which `make train` / `make test` skip), this
+# .venv registered as the kernel "softmax-lightning (.venv)", then JupyterLab on the notebook. Offline, on data/.
+notebook: setup data $(NBSTAMP)
+	$(PY) -m ipykernel install --user --name softmax-lightning --display-name "softmax-lightning (.venv)"
+	.venv/bin/jupyter lab --notebook-dir=. notebooks/softmax_regression.ipynb
+
+$(NBSTAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[notebook]'
+	touch $(NBSTAMP)
+
+# Execute notebooks/softmax_regression.py in a fresh kernel and store the outputs in notebooks/softmax_regression.ipynb.
+notebook-outputs: setup data
+	$(PY) scripts/build_notebook.py
 
 # Fashion-MNIST: already in data/, else Debian's dataset-fashion-mnist (installed here when apt-get exists),
 # else torchvision's download at run time (needs internet).

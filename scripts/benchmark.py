@@ -33,16 +33,15 @@ import lightning as L
 import torch
 
 from softmax_lightning import functional as F
-from softmax_lightning.cli import make_cli, run as run_cli  # the same CLI as scripts/train.py
-from softmax_lightning.data import FashionMNISTDataModule, InMemoryLoader, find_raw_files
+from softmax_lightning.cli import make_cli, run_recipe  # the same CLI as scripts/train.py
+from softmax_lightning.data import FashionMNISTDataModule, find_raw_files
 from softmax_lightning.errors import UserError
-from softmax_lightning.model import init_params
 from softmax_lightning.profiling import PeakRSS
 
 
 class EpochTimer(L.Callback):
     """Wall time of each epoch, validation and end-of-epoch work included (the figures drawn once at the end of
-    fitting are not: put this callback first)."""
+    fitting are not)."""
 
     def __init__(self) -> None:
         self.marks: list[float] = []
@@ -58,45 +57,51 @@ class EpochTimer(L.Callback):
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def bench_project(epochs: int, data_dir: str, log_dir: str, *args: str) -> dict:
+def bench_project(epochs: int, data_dir: str, root_dir: str, *args: str) -> dict:
     """The Trainer path, configured by the same CLI as ``scripts/train.py`` (``args``: more CLI options)."""
-    timer = EpochTimer()
-    t0 = time.perf_counter()
-    cli = make_cli([f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}", f"--log_dir={log_dir}", *args])
-    cli.trainer.callbacks.insert(0, timer)  # first: its on_train_end mark comes before the end-of-fit figures
-    metrics = run_cli(cli)
+    t0, timer = time.perf_counter(), EpochTimer()
+    cli = make_cli([f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}",
+                    f"--trainer.default_root_dir={root_dir}", *args])
+    cli.trainer.callbacks.insert(0, timer)
+    try:
+        metrics = run_recipe(cli)
+    finally:
+        cli.run_folder.release(failed=False)
     return {"epoch_s": timer.epochs, "total_s": time.perf_counter() - t0, "test_acc": metrics["test_acc"],
             "train_loss": metrics["train_loss"], "train_acc": metrics["train_acc"]}
 
 
 def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1,
                 device: str = "cpu") -> dict:
-    """A plain loop: the same init (and ``W`` layout), math, update, shuffle order and evaluation batches as the
-    project, one minibatch at a time, nothing else; both splits on ``device``."""
+    """A plain loop with the project's math and data: the same init, softmax, cross-entropy (autograd), SGD update,
+    shuffle order (``randperm`` seeded with ``seed + epoch``) and one ``index_select`` per minibatch; the chapter's
+    Accumulator for train loss and accuracy; the test split evaluated every epoch in batches of ``batch_size``."""
     t0 = time.perf_counter()
     dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, seed=seed)
     dm.setup("fit")
-    (Xtr, ytr), (Xte, yte) = ((X.to(device), y.to(device)) for X, y in (dm.splits["train"], dm.splits["test"]))
-    train = InMemoryLoader(Xtr, ytr, batch_size, shuffle=True, seed=seed)
-    test = InMemoryLoader(Xte, yte, dm.test_dataloader().batch_size, shuffle=False)  # the project's eval batches
+    (Xtr, ytr), (Xte, yte) = ((d.X.to(device), d.y.to(device)) for d in (dm.train_set, dm.test_set))
     torch.manual_seed(seed)
-    W, b = (p.to(device).requires_grad_() for p in init_params(784, 10, 0.01))
+    W = torch.normal(0, 0.01, size=(784, 10)).to(device).requires_grad_()
+    b = torch.zeros(10, device=device, requires_grad=True)
     times, acc = [], 0.0
     for epoch in range(epochs):
         start = time.perf_counter()
-        train.set_epoch(epoch)
+        order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed + epoch)).to(device)
         loss_sum, correct, n = 0.0, 0.0, 0  # the chapter's Accumulator(3) in train_epoch_ch3
-        for X, y in train:
+        for idx in order.split(batch_size):
+            X, y = Xtr.index_select(0, idx), ytr.index_select(0, idx)  # as InMemoryDataset.__getitems__
             logits = X.reshape(-1, 784) @ W + b
-            l = F.cross_entropy(logits, y).sum()
-            l.backward()
+            l = F.cross_entropy(logits, y)
+            l.sum().backward()
             with torch.no_grad():
-                for p in (W, b):  # d2l.sgd, fused as in ChapterSGD: p -= (lr / batch) * grad
-                    p.add_(p.grad, alpha=-lr / len(y))
+                for p in (W, b):  # d2l.sgd, written as ChapterSGD writes it: p -= lr * p.grad / batch_size
+                    p.sub_(p.grad * (lr / len(y)))
                     p.grad.zero_()
-            loss_sum, correct, n = loss_sum + l.item(), correct + F.accuracy(logits, y).item(), n + len(y)
+            loss_sum, correct, n = loss_sum + float(l.sum()), correct + float(F.accuracy(logits, y)), n + len(y)
         with torch.no_grad():
-            test_correct = sum(float(F.accuracy(X.reshape(-1, 784) @ W + b, y)) for X, y in test)
+            test_correct = sum(float(F.accuracy(Xte[i : i + batch_size].reshape(-1, 784) @ W + b, yte[i : i +
+                                                                                                   batch_size]))
+                               for i in range(0, len(yte), batch_size))
         acc = test_correct / len(yte)
         times.append(time.perf_counter() - start)
     return {"epoch_s": times, "total_s": time.perf_counter() - t0, "test_acc": acc,
@@ -152,11 +157,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="run floor and project alternately this many times and pool their epochs: this machine's "
                              "speed drifts by +-15%% over tens of seconds, and alternating spreads the drift over both")
-    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--data.data_dir", "--data-dir", dest="data_dir", default="data",
+                        help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir)")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped")
     args = parser.parse_args()
+    for flag, value in (("--epochs", args.epochs), ("--rounds", args.rounds), ("--d2l-epochs", 1 if args.d2l_epochs is None else args.d2l_epochs)):
+        if value < 1:
+            print(f"error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA GPU here; run without --device (CPU)", file=sys.stderr)
         return 2
@@ -168,13 +178,13 @@ def main() -> int:
     try:
         find_raw_files(args.data_dir)
     except UserError as e:
-        print(f"error: {str(e).replace('--data.data_dir', '--data-dir')}", file=sys.stderr)  # this script's name
+        print(f"error: {e}", file=sys.stderr)
         return 2
     d2l_epochs = args.d2l_epochs or args.epochs
-    with tempfile.TemporaryDirectory() as log_dir:
+    with tempfile.TemporaryDirectory() as root_dir:
         accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
         schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
-                    ("project", lambda: bench_project(args.epochs, args.data_dir, log_dir, *accel))] * args.rounds
+                    ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
         if not args.skip_d2l and args.device == "cpu":
             schedule.append(("d2l", lambda: bench_d2l(d2l_epochs, args.data_dir)))
         results: dict[str, dict] = {}

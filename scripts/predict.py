@@ -5,8 +5,9 @@
     python scripts/predict.py --help
 """
 
-from softmax_lightning.io import fast_exit
+import sys
+
 from softmax_lightning.predict import main
 
 if __name__ == "__main__":
-    fast_exit(main())  # skips 1-2 s of interpreter teardown; every output is already written
+    sys.exit(main())

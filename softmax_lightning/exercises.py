@@ -109,9 +109,11 @@ def naive_vs_stable_run(data_dir: str, lr: float = 100.0, epochs: int = 2, seed:
         L.seed_everything(seed, verbose=False)
         model = SoftmaxRegression(lr=lr, softmax=kind)
         try:
-            _trainer(max_epochs=epochs).fit(model, datamodule=FashionMNISTDataModule(data_dir=data_dir, seed=seed))
-            row = model.history[-1]
-            out[kind] = {"status": "finished", "train_loss": row["train_loss"], "val_acc": row["val_acc"]}
+            trainer = _trainer(max_epochs=epochs)
+            trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=data_dir, seed=seed))
+            logged = trainer.callback_metrics  # the last epoch's logged metrics
+            out[kind] = {"status": "finished", "train_loss": float(logged["train_loss"]),
+                         "val_acc": float(logged["val_acc"])}
         except NonFiniteLossError as e:
             out[kind] = {"status": "stopped", "message": str(e)}
     return out
@@ -173,9 +175,11 @@ def decision_analysis(probs: Tensor, y: Tensor, C: Tensor) -> dict:
 
 def plot_decisions(res: dict, path: Path) -> None:
     """``risk_coverage.png``: accuracy vs coverage for the reject option, and the reliability diagram."""
-    from softmax_lightning.figures import _new_figure, save_png
+    from matplotlib.figure import Figure
 
-    fig, _ = _new_figure((9.0, 3.6), "en")
+    from softmax_lightning.figures import save_png
+
+    fig = Figure(figsize=(9.0, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
     taus, cov, acc = zip(*res["reject_curve"])
     ax1.plot(cov, acc, "o-", ms=3)
@@ -199,7 +203,7 @@ def exercise4(data_dir: str, out_dir: Path) -> dict:
     L.seed_everything(0, verbose=False)
     model, dm = SoftmaxRegression(), FashionMNISTDataModule(data_dir=data_dir)
     _trainer(max_epochs=10).fit(model, datamodule=dm)
-    X, y = dm.splits["test"]
+    X, y = dm.test_set.X, dm.test_set.y
     with torch.no_grad():
         probs = model(X)
     C = cost_matrix()
@@ -337,7 +341,8 @@ def exercise5(max_classes: int = 100_000) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("which", nargs="*", default=["all"], help="1-5 or all")
-    p.add_argument("--data_dir", default="data")
+    p.add_argument("--data.data_dir", "--data_dir", dest="data_dir", default="data",
+                   help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir)")
     p.add_argument("--out_dir", default="lightning_logs/exercises", help="where risk_coverage.png goes")
     args = p.parse_args(argv)
     chosen = set(range(1, 6)) if "all" in args.which else set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -91,18 +92,19 @@ def _font_for(labels: str) -> tuple[str, str | None]:
     return "en", None
 
 
-def _new_figure(figsize: tuple[float, float], labels: str):
-    """A matplotlib ``Figure`` (no pyplot, no display) and the class names for ``labels``."""
-    import matplotlib
+@contextmanager
+def new_figure(figsize: tuple[float, float], labels: str = "en"):
+    """A matplotlib ``Figure`` and the class names for ``labels``, for a ``with`` block that draws it.
 
-    matplotlib.use("Agg", force=False)
+    No pyplot and no global state: the figure renders with Agg whatever the process's backend is (a notebook keeps
+    its inline plots), and a CJK font for ``zh`` applies only to the texts created inside the block (``rc_context``).
+    """
+    import matplotlib
     from matplotlib.figure import Figure
 
     labels, family = _font_for(labels)
-    fig = Figure(figsize=figsize)
-    if family:
-        matplotlib.rcParams["font.family"] = [family, "DejaVu Sans"]
-    return fig, class_names(labels)
+    with matplotlib.rc_context({"font.family": [family, "DejaVu Sans"]} if family else {}):
+        yield Figure(figsize=figsize), class_names(labels)
 
 
 def save_png(fig, path: str | Path | None = None, dpi: int = 100) -> bytes:
@@ -128,7 +130,9 @@ class CurvesPlot:
     def __init__(self, max_epochs: int) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        self.fig, _ = _new_figure((4.5, 3.2), "en")
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(4.5, 3.2))
         self.canvas = FigureCanvasAgg(self.fig)
         self.ax = self.fig.subplots()
         self.lines = [self.ax.plot([], [], fmt, label=label, animated=True)[0] for _, label, fmt in self.SERIES]
@@ -139,8 +143,8 @@ class CurvesPlot:
         self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.88)
         self._background = None
 
-    def save(self, history: Sequence[dict[str, float]], path: str | Path) -> None:
-        """Redraw the lines from ``history`` (rows with ``epoch`` and the series' keys) and write the PNG."""
+    def save(self, history: Sequence[dict[str, float]], path: str | Path) -> bytes:
+        """Redraw the lines from ``history`` (rows with ``epoch`` and the series' keys), write the PNG, return it."""
         top = 1.0
         for (key, _, _), line in zip(self.SERIES, self.lines):
             pts = [(row["epoch"], row[key]) for row in history if key in row]
@@ -160,6 +164,7 @@ class CurvesPlot:
         image = Image.frombuffer("RGBA", self.canvas.get_width_height(), self.canvas.buffer_rgba())
         image.save(buf, format="png", compress_level=1)
         atomic_write_bytes(path, buf.getvalue())
+        return buf.getvalue()
 
 
 def _mosaic_axes(fig, images: Tensor, nrow: int, gap: int, cmap: str, **imshow) -> tuple[object, list]:
@@ -188,42 +193,43 @@ def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str =
                      probs: Tensor | None = None):
     """``predict_ch3``'s grid: 2 rows, each image titled true over predicted; wrong predictions in red."""
     n = len(images)
-    fig, names = _new_figure((1.05 * max(2, -(-n // 2)), 3.4), labels)
-    ax, anchors = _mosaic_axes(fig, images.detach().float().cpu().reshape(-1, 28, 28), nrow=2, gap=14, cmap="gray")
-    for i, (x, y) in enumerate(anchors):
-        t, p = int(trues[i]), int(preds[i])
-        extra = f" {float(probs[i]):.0%}" if probs is not None else ""
-        ax.text(x, y, f"{names[t]}\n{names[p]}{extra}", ha="center", va="bottom", fontsize=8,
-                color="black" if t == p else "red")
-    fig.suptitle("true / predicted (red: wrong)", fontsize=9)
+    with new_figure((1.05 * max(2, -(-n // 2)), 3.4), labels) as (fig, names):
+        ax, anchors = _mosaic_axes(fig, images.detach().float().cpu().reshape(-1, 28, 28), nrow=2, gap=14,
+                                   cmap="gray")
+        for i, (x, y) in enumerate(anchors):
+            t, p = int(trues[i]), int(preds[i])
+            extra = f" {float(probs[i]):.0%}" if probs is not None else ""
+            ax.text(x, y, f"{names[t]}\n{names[p]}{extra}", ha="center", va="bottom", fontsize=8,
+                    color="black" if t == p else "red")
+        fig.suptitle("true / predicted (red: wrong)", fontsize=9)
     return fig
 
 
 def plot_weights(W: Tensor, labels: str = "en"):
     """The ten columns of ``W`` as 28x28 templates (red: positive weight, blue: negative), one per class."""
-    fig, names = _new_figure((7.5, 3.6), labels)
     w = W.detach().float().cpu()
     lim = float(w.abs().max())
-    ax, anchors = _mosaic_axes(fig, w.T.reshape(-1, 28, 28), nrow=2, gap=8, cmap="bwr", vmin=-lim, vmax=lim)
-    for (x, y), name in zip(anchors, names):  # (784, 10) -> (10, 28, 28): one template per class
-        ax.text(x, y, name, ha="center", va="bottom", fontsize=9)
-    fig.suptitle("W's columns: what each class looks for", fontsize=10)
+    with new_figure((7.5, 3.6), labels) as (fig, names):
+        ax, anchors = _mosaic_axes(fig, w.T.reshape(-1, 28, 28), nrow=2, gap=8, cmap="bwr", vmin=-lim, vmax=lim)
+        for (x, y), name in zip(anchors, names):  # (784, 10) -> (10, 28, 28): one template per class
+            ax.text(x, y, name, ha="center", va="bottom", fontsize=9)
+        fig.suptitle("W's columns: what each class looks for", fontsize=10)
     return fig
 
 
 def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation confusion matrix"):
     """Counts with true classes as rows and predicted as columns, named."""
-    fig, names = _new_figure((7.0, 6.0), labels)
-    ax = fig.subplots()
     m = matrix.detach().cpu().long()
-    ax.imshow(m, cmap="Blues")
     thresh = m.max().item() / 2
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if m[i, j] > thresh else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.2, top=0.94)
+    with new_figure((7.0, 6.0), labels) as (fig, names):
+        ax = fig.subplots()
+        ax.imshow(m, cmap="Blues")
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] > thresh else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+        fig.subplots_adjust(left=0.2, right=0.98, bottom=0.2, top=0.94)
     return fig

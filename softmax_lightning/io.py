@@ -1,23 +1,83 @@
-"""Atomic file writes (a crash, even SIGKILL, never leaves a half-written metrics.json or figure) and a fast exit."""
+"""Safe file handling shared by the package and the scripts.
+
+* Atomic writes: data goes to a temp file beside the target, then one rename, so a crash (even SIGKILL) never leaves a
+  half-written ``metrics.json``, figure or checkpoint. Temp files left behind by a killed process are removed the next
+  time anything is written to the same folder.
+* Inputs: a file the user names (a config, a cost matrix) must be a regular file of bounded size, so that a FIFO or
+  ``/dev/zero`` can never hang or fill memory.
+* Errors: a failed write becomes one line that says where (and whether the disk is full), never a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
-import logging
 import os
-import sys
+import re
+import stat
 from pathlib import Path
-from typing import NoReturn
+
+from softmax_lightning.errors import UserError
+
+_TMP = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
+
+
+def temp_path(path: Path) -> Path:
+    """The temp file that an atomic write of ``path`` uses: hidden, beside it, named after this process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID may exist. On POSIX, signal 0 checks without sending anything; elsewhere
+    (Windows, where ``os.kill`` would end the process) every PID counts as alive, so nothing is ever taken over."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete ``.NAME.tmpPID`` files in ``folder`` whose process is gone (debris of a killed run)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = _TMP.fullmatch(p.name)
+        if m and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+
+
+def write_error(path: str | Path, e: OSError) -> UserError:
+    """One line for a failed write: where, why, and how to fix it (never "delete your data")."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on the device while writing {path}: nothing was overwritten; pick a folder "
+                         f"on a disk with room and run again")
+    return UserError(f"cannot write {path}: {e.strerror or e}; make {Path(path).parent} writable or pick another folder")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path`` in one step."""
+    """Write ``data`` to a temp file beside ``path``, then rename it over ``path`` in one step.
+
+    Raises:
+        UserError: the folder is not writable or the disk is full (the temp file is removed; ``path`` is untouched).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; name a file to write")
+    remove_stale_temp_files(path.parent)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -27,21 +87,28 @@ def write_json(path: str | Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def fast_exit(code: int) -> NoReturn:
-    """End a script's process without the interpreter's teardown, once its work is written and closed.
+def read_small_text(path: str | Path, what: str, flag: str, max_bytes: int = 1 << 20) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes``; anything else is one ``UserError`` line.
 
-    Freeing torch, Lightning and their imports at exit takes 1-2 s of CPU on a 2-core machine, a tenth of
-    ``scripts/train.py``'s run. Every file the scripts write is complete when their ``main`` returns (atomic
-    renames; Lightning closes the TensorBoard writer when ``fit``/``test`` end), so only the standard streams and
-    logging handlers need flushing. Under DDP (``WORLD_SIZE`` > 1) the normal exit is kept, so that child ranks
-    are reaped as usual.
+    Args:
+        path: the file the user named.
+        what: what the file is, for messages ("config file").
+        flag: the option that named it, for messages ("--config").
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.exit(code)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing more can be said
-            pass
-    os._exit(code)
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"{what} {path}: {e.strerror}; pass an existing file with {flag}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} {path} is not a regular file (a folder, FIFO or device); pass a file with {flag}")
+    if st.st_size > max_bytes:
+        raise UserError(f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} this tool reads; "
+                        f"pass a smaller file with {flag}")
+    try:
+        return path.read_bytes()[: max_bytes + 1].decode("utf-8")
+    except OSError as e:
+        raise UserError(f"{what} {path}: {e.strerror}; pass a readable file with {flag}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as plain text and pass it with "
+                        f"{flag}") from None

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 
 class ChapterSGD(torch.optim.Optimizer):
@@ -51,47 +50,34 @@ class ChapterSGD(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
+    @torch.no_grad()
     def step(self, closure: Callable[[], object] | None = None, batch_size: int = 1) -> None:  # type: ignore[override]
         """Apply one update with gradients of a *summed* loss over ``batch_size`` samples, then zero them.
 
-        ``torch.optim.Optimizer`` wraps every subclass's ``step`` in a profiler label plus step-hook dispatch, which
-        costs ~90 us here, four times the update itself. This class runs that wrapper only when it has work: a
-        torch profiler is recording, or step hooks are registered (``register_step_pre_hook`` etc.).
+        ``batch_size`` is the chapter's ``updater(X.shape[0])``: the minibatch's actual size (the last one is smaller).
+        ``closure`` is Lightning's (it runs the step's hooks); it is called first, as ``torch.optim`` optimizers do.
         """
-        if (torch.autograd.profiler._is_profiler_enabled or self._optimizer_step_pre_hooks
-                or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks or _global_optimizer_post_hooks):
-            return _hooked_update(self, closure, batch_size)
-        return self._update(closure, batch_size)
-
-    step.hooked = True  # type: ignore[attr-defined]  # tells Optimizer.__init__ not to wrap it again
-
-    def _update(self, closure: Callable[[], object] | None, batch_size: int) -> None:
         if closure is not None:
             with torch.enable_grad():
                 closure()
-        with torch.no_grad():
-            for group in self.param_groups:
-                lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if not (wd or mu):  # the chapter's update, fused: param -= (lr / batch_size) * grad
-                        p.add_(p.grad, alpha=-lr / batch_size)
-                        p.grad.zero_()
-                        continue
-                    g = p.grad / batch_size
-                    if wd:
-                        g = g + wd * p
-                    if mu:
-                        state = self.state[p]
-                        buf = state.get("momentum_buffer")
-                        if buf is None:
-                            buf = state["momentum_buffer"] = g.clone()
-                        else:
-                            buf.mul_(mu).add_(g)
-                        g = g + mu * buf if group["nesterov"] else buf
-                    p.sub_(lr * g)
-                    p.grad.zero_()
-
-
-_hooked_update = torch.optim.Optimizer.profile_hook_step(ChapterSGD._update)  # torch's own wrapper, when needed
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not (wd or mu):  # the chapter's update: param -= lr * param.grad / batch_size
+                    p.sub_(p.grad * (lr / batch_size))
+                    p.grad.zero_()  # ... and param.grad.zero_()
+                    continue
+                g = p.grad / batch_size  # the mean gradient over the minibatch
+                if wd:
+                    g = g + wd * p
+                if mu:
+                    buf = self.state[p].get("momentum_buffer")
+                    if buf is None:
+                        buf = self.state[p]["momentum_buffer"] = g.clone()
+                    else:
+                        buf.mul_(mu).add_(g)
+                    g = g + mu * buf if group["nesterov"] else buf
+                p.sub_(lr * g)
+                p.grad.zero_()

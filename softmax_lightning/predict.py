@@ -5,7 +5,8 @@
     python scripts/predict.py shoe.jpg shirt.png --invert   # your photos (dark object on light background)
     python scripts/predict.py --json                  # machine-readable output
 
-Bad input (no checkpoint, missing or unreadable image, corrupt or foreign checkpoint) ends with one
+Checkpoints are loaded with ``weights_only=True`` (a checkpoint can never run code). Bad input (no checkpoint, a
+damaged, foreign or diverged checkpoint, a missing, unreadable or oversized image, a bad cost matrix) ends with one
 ``error: ...`` line and exit code 2.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import inspect
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,64 +24,90 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softmax_lightning.cli import find_last_checkpoint
-from softmax_lightning.data import FashionMNISTDataModule, class_names
+from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint
+from softmax_lightning.data import FashionMNISTDataModule, check_regular_file, class_names
 from softmax_lightning.errors import UserError
+from softmax_lightning.io import read_small_text, write_error
 from softmax_lightning.model import SoftmaxRegression
 
+MAX_PIXELS = 64_000_000  # largest image accepted (8000 x 8000), checked from the header before decoding
+WORK_SIDE = 256  # images are shrunk to at most this many pixels a side before padding, so padding stays small
 
-def load_checkpoint(path: str | Path) -> tuple[SoftmaxRegression, tuple[float, float] | None]:
+
+def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> tuple[SoftmaxRegression, tuple[float, float] | None]:
     """The trained model and the input standardisation it was trained with (``None``: raw [0, 1] pixels)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; train one with `python scripts/train.py` or pass --ckpt PATH")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling/zip failure means the file is damaged
-        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}); re-run training "
-                        f"or pick another --ckpt") from None
-    state, hparams = (ckpt.get("state_dict"), ckpt.get("hyper_parameters")) if isinstance(ckpt, dict) else (None, None)
-    if not isinstance(state, dict) or "W" not in state or "b" not in state or not isinstance(hparams, dict):
-        raise UserError(f"checkpoint {path} is not a SoftmaxRegression checkpoint (no W and b); pass a last.ckpt "
-                        f"written by scripts/train.py")
-    W = state["W"]
-    if W.ndim != 2 or W.shape[0] != 28 * 28 or W.shape[1] != len(class_names()):
+    ckpt = read_checkpoint(path, flag)
+    W = ckpt["state_dict"]["W"]
+    if W.shape != (28 * 28, len(class_names())):
         raise UserError(f"checkpoint {path} holds a {tuple(W.shape)} W; this tool needs 784 inputs (28x28 images) "
                         f"and 10 Fashion-MNIST classes")
+    hparams = ckpt.get("hyper_parameters") or {}
     known = inspect.signature(SoftmaxRegression).parameters  # LightningCLI adds keys such as _instantiator
     try:
         model = SoftmaxRegression(**{k: v for k, v in hparams.items() if k in known})
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError, UserError) as e:
         raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({' '.join(str(e).split())[:200]})") \
             from None
     model.eval()
     stats = (ckpt.get("FashionMNISTDataModule") or {}).get("input_stats")
-    return model, (tuple(stats) if stats else None)
+    if stats is None:
+        return model, None
+    try:
+        mean, std = (float(v) for v in stats)
+    except (TypeError, ValueError):
+        mean = std = float("nan")
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise UserError(f"checkpoint {path} holds bad input statistics {stats!r} (a finite mean and a positive std "
+                        f"are needed); pass {flag} with a .ckpt written by scripts/train.py")
+    return model, (mean, std)
+
+
+def _grayscale(im) -> np.ndarray:
+    """A PIL image as gray levels in [0, 1], scaled by its bit depth (16-bit PNGs too), shape ``(h, w)``."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grayscale (PNG's deepest)
+        return np.asarray(im, dtype=np.float32) / 65535
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255
 
 
 def load_image(path: str | Path, invert: bool = False) -> Tensor:
-    """Any PNG/JPEG -> grayscale, padded to a square, resized to 28x28, scaled to [0, 1]: shape ``(28, 28)``."""
+    """Any PNG/JPEG -> grayscale in [0, 1], padded to a square with its own background, resized to 28x28.
+
+    Memory stays bounded: the pixel count is checked from the header before decoding (``MAX_PIXELS``), and the
+    image is shrunk to at most ``WORK_SIDE`` pixels a side before it is padded.
+
+    Returns:
+        Shape ``(28, 28)``, float32.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    if not check_regular_file(path, fix="pass a PNG or JPEG file"):
         raise UserError(f"image {path} not found; check the path")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("L")
+        with warnings.catch_warnings():  # PIL warns (on stderr) above 89M pixels and refuses above 179M:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # both are over MAX_PIXELS, refused here
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise UserError(f"{path} is {im.width}x{im.height} pixels, more than the {MAX_PIXELS} this tool "
+                                    f"decodes; pass a smaller image")
+                px = _grayscale(ImageOps.exif_transpose(im))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{path} is too large to decode ({' '.join(str(e).split())[:120]}); this tool decodes at most "
+                        f"{MAX_PIXELS} pixels: pass a smaller image") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable image ({' '.join(str(e).split())[:120]}); pass a PNG or JPEG "
                         f"file") from None
     if invert:
-        im = ImageOps.invert(im)
-    px = np.asarray(im)
-    border = int(np.median(np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])))  # the photo's background
+        px = 1 - px
+    border = float(np.median(np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])))  # the photo's background
+    im = Image.fromarray(px, mode="F")
+    im.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)  # keeps the aspect ratio; never enlarges
     side = max(im.size)
-    square = Image.new("L", (side, side), border)
+    square = Image.new("F", (side, side), border)
     square.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
     small = square.resize((28, 28), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255)  # (28, 28)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32).clip(0, 1).copy())  # (28, 28)
 
 
 def standardize(X: Tensor, stats: tuple[float, float] | None) -> Tensor:
@@ -94,11 +122,7 @@ def bayes_decisions(probs: Tensor, cost: Tensor) -> Tensor:
 
 def load_cost_matrix(path: str | Path, n: int = 10) -> Tensor:
     """A ``n x n`` cost matrix (rows: true class, columns: predicted) from a JSON or whitespace/CSV text file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cost matrix {path}: {e.strerror}; pass a readable file") from None
+    text = read_small_text(path, "cost matrix", "--cost-matrix", max_bytes=64 * 1024)
     try:
         rows = json.loads(text) if text.lstrip().startswith("[") else \
             [[float(v) for v in line.replace(",", " ").split()] for line in text.splitlines() if line.strip()]
@@ -122,9 +146,13 @@ def decide(probs: Tensor, cost: Tensor | None, reject_below: float | None) -> Te
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Classify Fashion-MNIST test images or image files with a checkpoint.")
     p.add_argument("images", nargs="*", help="PNG/JPEG files to classify (default: the first --n test images)")
-    p.add_argument("--ckpt", help="checkpoint (default: newest last.ckpt under --log_dir)")
-    p.add_argument("--log_dir", default="lightning_logs")
-    p.add_argument("--data_dir", default="data")
+    p.add_argument("--ckpt_path", "--ckpt", dest="ckpt_path",
+                   help="checkpoint, or 'last' (the default): the newest lightning_logs/version_*/checkpoints/last.ckpt "
+                        "under --root_dir")
+    p.add_argument("--root_dir", default=".", help="the folder holding lightning_logs/ (train.py's "
+                                                   "--trainer.default_root_dir)")
+    p.add_argument("--data.data_dir", "--data_dir", dest="data_dir", default="data",
+                   help="folder holding FashionMNIST/raw/ (as train.py's --data.data_dir)")
     p.add_argument("--n", type=int, default=16, help="how many test images (default 16, as the chapter)")
     p.add_argument("--invert", action="store_true", help="photos of dark objects on light backgrounds")
     p.add_argument("--labels", choices=("en", "zh"), default="en")
@@ -137,12 +165,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the predictions and print them; returns the printed records."""
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
+    if not 1 <= args.n <= 10_000:
+        raise UserError(f"--n must be in 1..10000 (the test split's size), got {args.n}")
     if args.reject_below is not None and not 0 <= args.reject_below <= 1:
         raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
-    ckpt = Path(args.ckpt) if args.ckpt else find_last_checkpoint(args.log_dir)
+    if args.ckpt_path in (None, "last"):  # "last": the newest run's last.ckpt, as train.py's --ckpt_path last
+        ckpt = newest_checkpoint(args.root_dir)
+    else:
+        ckpt = Path(args.ckpt_path)
+        check_regular_file(ckpt, fix="pass --ckpt_path with a .ckpt file written by scripts/train.py (or 'last')")
     model, stats = load_checkpoint(ckpt)
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; name the PNG file to write")
     names = class_names(args.labels)
     cost = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     if args.images:
@@ -152,9 +186,12 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         dm = FashionMNISTDataModule(data_dir=args.data_dir)
         dm.prepare_data()
         dm.setup("test")
-        X, y = dm.splits["test"][0][: args.n].reshape(-1, 28, 28), dm.splits["test"][1][: args.n]  # raw [0, 1]
+        X, y = dm.test_set.X[: args.n].reshape(-1, 28, 28), dm.test_set.y[: args.n]  # raw [0, 1]
     with torch.no_grad():
         probs = model(standardize(X, stats))  # (n, 10)
+    if not torch.isfinite(probs).all():  # finite but huge weights overflow: never print nan (and invalid JSON)
+        raise UserError(f"checkpoint {ckpt} gives non-finite probabilities (its weights are too large: training "
+                        f"diverged); pass --ckpt_path with an earlier checkpoint")
     preds = decide(probs, cost, args.reject_below)
     name = lambda k: "(abstain)" if k < 0 else names[k]  # noqa: E731
     records = []
@@ -167,7 +204,7 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
             rec["true"] = names[int(y[i])]
         records.append(rec)
     if args.json:
-        print(json.dumps(records, ensure_ascii=False, indent=1))
+        print(json.dumps(records, ensure_ascii=False, indent=1, allow_nan=False))
     elif y is not None:
         print(f"{'#':>3}  {'true':<12} {'predicted':<12} {'p':>6}")
         for r in records:
@@ -181,7 +218,10 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         from softmax_lightning import figures
 
         out = Path(args.out) if args.out else ckpt.resolve().parent.parent / "predict" / "predictions.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(out, e) from None
         fig = figures.plot_predictions(X, y, preds.clamp_min(0), args.labels, probs.max(1).values)
         figures.save_png(fig, out)
         if not args.json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import resource
 import sys
 
 
@@ -37,6 +36,8 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         hwm = _status_kb("VmHWM")
         if hwm is None:  # not Linux: the whole process's peak (kB on Linux, bytes on macOS)
+            import resource  # POSIX only
+
             maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.peak = maxrss if sys.platform == "darwin" else maxrss * 1024
         else:

@@ -24,21 +24,29 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-def run_train(log_dir: Path, *args: str) -> dict:
-    """Run `scripts/train.py`'s main in-process; return the run's metrics.json (asserts exit code 0)."""
-    code = main([f"--log_dir={log_dir}", f"--data.data_dir={DATA_DIR}", "--trainer.enable_progress_bar=false", *args])
-    assert code == 0
-    runs = sorted(log_dir.glob("version_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))
-    return json.loads(runs[-1].read_text())
+def train_args(root: Path, *args: str) -> list[str]:
+    """`scripts/train.py` options for a quiet run under ``root`` on the real data."""
+    return [f"--trainer.default_root_dir={root}", f"--data.data_dir={DATA_DIR}", "--trainer.enable_progress_bar=false",
+            *args]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run folders under ``root``, oldest first (Lightning's layout: root/lightning_logs/version_N)."""
+    return sorted((root / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def run_train(root: Path, *args: str) -> dict:
+    """Run `scripts/train.py`'s main in-process; return the newest run's metrics.json (asserts exit code 0)."""
+    assert main(train_args(root, *args)) == 0
+    metrics = json.loads((run_dirs(root)[-1] / "metrics.json").read_text())
+    metrics["run_dir"] = str(run_dirs(root)[-1])
+    return metrics
 
 
 @pytest.fixture(scope="session")
 def chapter_run(tmp_path_factory, data_dir) -> dict:
     """The chapter's recipe, trained once for the whole session: its metrics.json plus ``run_dir``."""
-    log_dir = tmp_path_factory.mktemp("chapter_logs")
-    metrics = run_train(log_dir)
-    metrics["run_dir"] = str(log_dir / "version_0")
-    return metrics
+    return run_train(tmp_path_factory.mktemp("chapter"))
 
 
 def write_idx(path: Path, arr: np.ndarray, magic: int | None = None, gz: bool = False) -> Path:

@@ -42,7 +42,7 @@ def no_system_data(monkeypatch, tmp_path):
 
 
 def _args(tmp_path: Path, data_dir: Path) -> list[str]:
-    return [f"--data.data_dir={data_dir}", "--data.download=false", f"--log_dir={tmp_path / 'logs'}",
+    return [f"--data.data_dir={data_dir}", "--data.download=false", f"--trainer.default_root_dir={tmp_path / 'logs'}",
             "--trainer.max_epochs=1"]
 
 
@@ -104,7 +104,7 @@ def test_damaged_idx_files(capsys, tmp_path, no_system_data, case, text):
     raw = write_fake_split(d / "FashionMNIST" / "raw")
     name = _corrupt(raw, case)
     line = _expect_error(capsys, _args(tmp_path, d), text, name, watch=d)
-    assert "delete" in line  # says how to fix it
+    assert "replace" in line and "delete" not in line  # says how to fix it, never "delete your data"
 
 
 def test_gz_that_is_not_gzip(capsys, tmp_path, no_system_data):
@@ -131,17 +131,17 @@ def test_corrupt_debian_package_file(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("arg,text", [
     ("--model.lr=0", "lr must be"), ("--model.lr=-0.5", "lr must be"), ("--model.lr=inf", "lr"),
     ("--model.lr=nan", "lr"), ("--data.batch_size=0", "batch_size must be >= 1"),
-    ("--data.steps_per_batch=0", "steps_per_batch must be >= 1"),
     ("--trainer.max_epochs=0", "max_epochs must be >= 1"), ("--model.init_std=-1", "init_std must be"),
     ("--data.val_size=-1", "val_size must be >= 0"), ("--data.val_size=60000", "val_size must be smaller"),
     ("--trainer.accelerator=warp", "invalid accelerator"), ("--trainer.accelerator=gpu", "gpu"),
-    ("--config=/nonexistent/c.yaml", "does not exist"), ("--ckpt_path=last", "no checkpoint to resume"),
-    ("--log_dir=/dev/null/runs", "cannot write runs"),
+    ("--config=/nonexistent/c.yaml", "No such file"), ("--ckpt_path=last", "no checkpoint found"),
+    ("--trainer.default_root_dir=/dev/null/runs", "cannot create a run folder"),
 ])
 def test_bad_hyper_parameters_are_rejected_before_training(capsys, tmp_path, data_dir, arg, text):
-    args = [f"--data.data_dir={data_dir}", f"--log_dir={tmp_path / 'logs'}", "--trainer.max_epochs=1", arg]
+    args = [f"--data.data_dir={data_dir}", f"--trainer.default_root_dir={tmp_path / 'logs'}", "--trainer.max_epochs=1",
+            arg]
     _expect_error(capsys, args, text)
-    assert not list((tmp_path / "logs").glob("version_*/checkpoints/*.ckpt"))  # nothing was trained
+    assert not list((tmp_path / "logs").glob("lightning_logs/version_*"))  # a failed start leaves no run folder
 
 
 def test_config_that_is_not_yaml(capsys, tmp_path, data_dir):
@@ -151,8 +151,9 @@ def test_config_that_is_not_yaml(capsys, tmp_path, data_dir):
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(capsys, tmp_path, data_dir):
-    line = _expect_error(capsys, [f"--data.data_dir={data_dir}", f"--log_dir={tmp_path}", "--model.softmax=naive",
-                                  "--model.lr=100", "--trainer.max_epochs=2"], "nan", "epoch 0, step 1")
+    line = _expect_error(capsys, [f"--data.data_dir={data_dir}", f"--trainer.default_root_dir={tmp_path}",
+                                  "--model.softmax=naive", "--model.lr=100", "--trainer.max_epochs=2"], "nan",
+                         "epoch 0, step 1")
     assert "--model.softmax stable" in line
 
 

@@ -43,7 +43,7 @@ def _trained_probs(data_dir, epochs=3):
     model, dm = SoftmaxRegression(), FashionMNISTDataModule(data_dir=str(data_dir))
     L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(model, datamodule=dm)
-    X, y = dm.splits["test"]
+    X, y = dm.test_set.X, dm.test_set.y
     with torch.no_grad():
         return model(X), y
 

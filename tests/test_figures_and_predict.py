@@ -40,19 +40,6 @@ def test_event_files_hold_histograms_images_and_hparams(chapter_run):
     assert b"val_acc" in plugin["_hparams_/experiment"] and b"test_acc" in plugin["_hparams_/experiment"]
 
 
-def test_fast_event_checksums_equal_tensorboards_own():
-    """The C CRC-32C that use_fast_event_checksums installs gives TensorBoard's pure-Python checksums."""
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
-    from tensorboard.summary.writer import record_writer
-
-    from softmax_lightning.callbacks import use_fast_event_checksums
-
-    assert use_fast_event_checksums()
-    rng = np.random.default_rng(0)
-    for data in (b"", b"a", rng.integers(0, 256, 10_000, dtype=np.uint8).tobytes(), bytes(range(256)) * 3):
-        assert record_writer.masked_crc32c(data) == reference(data)
-
-
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_png_figures_decode_and_are_not_blank(chapter_run, name):
     img = np.asarray(Image.open(Path(chapter_run["run_dir"]) / name).convert("L"))
@@ -77,7 +64,7 @@ def test_predict_agrees_with_the_model_on_test_images(chapter_run, tmp_path):
     model, _ = load_checkpoint(ckpt)
     dm = FashionMNISTDataModule(data_dir=str(DATA_DIR))
     dm.setup("test")
-    X, y = dm.splits["test"]
+    X, y = dm.test_set.X, dm.test_set.y
     with torch.no_grad():
         probs = model(X[:16])
     names = [r["predicted"] for r in records]
@@ -91,7 +78,7 @@ def test_predict_agrees_with_the_model_on_test_images(chapter_run, tmp_path):
 def test_a_png_of_a_real_test_image_is_classified_like_the_tensor(chapter_run, tmp_path, capsys):
     dm = FashionMNISTDataModule(data_dir=str(DATA_DIR))
     dm.setup("test")
-    X = dm.splits["test"][0]
+    X = dm.test_set.X
     model, _ = load_checkpoint(chapter_run["checkpoint"])
     for i in (0, 1, 7):
         exact, path = tmp_path / f"exact{i}.png", tmp_path / f"test{i}.png"
@@ -117,10 +104,10 @@ def _bad(tmp_path, chapter_run):
     not_image.write_text("hello")
     ok = chapter_run["checkpoint"]
     return {
-        "no checkpoint found": (["--log_dir", str(tmp_path / "empty")], "no checkpoint"),
+        "no checkpoint found": (["--root_dir", str(tmp_path / "empty")], "pass --ckpt_path PATH"),
         "file missing": (["--ckpt", ok, str(tmp_path / "nope.png")], "not found"),
         "not an image": (["--ckpt", ok, str(not_image)], "not a readable image"),
-        "corrupt checkpoint": (["--ckpt", str(corrupt)], "corrupt"),
+        "corrupt checkpoint": (["--ckpt", str(corrupt)], "cannot be loaded safely"),
         "another model": (["--ckpt", str(foreign)], "(100, 3)"),
     }
 

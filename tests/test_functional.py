@@ -72,3 +72,15 @@ def test_stable_softmax_survives_where_naive_overflows():
     y = torch.tensor([2])
     assert torch.isinf(F.cross_entropy_naive(F.softmax(X), y)).all()  # p = 0 exactly: the log's domain
     torch.testing.assert_close(F.cross_entropy(X, y), torch.tensor([200.0]))
+
+
+def test_hand_written_backward_is_softmax_minus_onehot_and_passes_gradcheck():
+    """The lesson of "softmax及其导数": d loss / d logits = softmax - onehot, checked against autograd."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    assert torch.autograd.gradcheck(lambda z: F.CrossEntropy.apply(z, y), (logits,))
+    F.cross_entropy(logits, y).sum().backward()  # autograd through the training path
+    torch.testing.assert_close(F.cross_entropy_grad(logits.detach(), y), logits.grad, **TOL)
+    onehot = TF.one_hot(y, 5).double()
+    torch.testing.assert_close(F.cross_entropy_grad(logits.detach(), y), torch.softmax(logits.detach(), 1) - onehot)

@@ -52,7 +52,7 @@ def test_rejects_bad_arguments():
 
 
 def test_step_hooks_and_profiler_label_still_work():
-    """ChapterSGD skips torch's step wrapper only when it has nothing to do."""
+    """ChapterSGD is a plain torch Optimizer: step hooks and the profiler label work as for any optimizer."""
     W = torch.ones(3, requires_grad=True)
     opt = ChapterSGD([W], lr=0.1)
     calls = []

@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DistributedSampler
 
 from softmax_lightning import functional as F
-from softmax_lightning.data import FashionMNISTDataModule, InMemoryLoader
-from tests.conftest import DATA_DIR, ROOT, run_train
+from softmax_lightning.data import FashionMNISTDataModule
+from softmax_lightning.errors import UserError
+from tests.conftest import DATA_DIR, ROOT, run_train, train_args
 
-TIMING_KEYS = {"train_seconds", "checkpoint"}
+TIMING_KEYS = {"train_seconds", "checkpoint", "history"}
 
 
-def _train_cmd(log_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "scripts/train.py", f"--log_dir={log_dir}", f"--data.data_dir={DATA_DIR}",
-            "--trainer.enable_progress_bar=false", *args]
+def _train_cmd(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "scripts/train.py", *train_args(root, *args)]
 
 
 RENDEZVOUS_ERRORS = (b"Address already in use", b"Connection refused", b"Connection reset", b"DistNetworkError",
@@ -37,12 +38,16 @@ def _run_ddp(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    """W and b of a run folder's last.ckpt."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     return {k: state[k] for k in ("W", "b")}
 
 
 def _comparable(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+    """metrics.json without what differs between identical runs (paths, wall times)."""
+    out = {k: v for k, v in metrics.items() if k not in TIMING_KEYS | {"run_dir"}}
+    out["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in metrics["history"]]
+    return out
 
 
 def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir):
@@ -51,7 +56,8 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
     assert ref.returncode == 0, ref.stderr.decode()[-2000:]
 
     logs = tmp_path / "killed"
-    ckpt = logs / "version_0" / "checkpoints" / "last.ckpt"
+    run = logs / "lightning_logs" / "version_0"
+    ckpt = run / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(_train_cmd(logs, *recipe), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -59,9 +65,9 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
         while time.time() < deadline and proc.poll() is None:
             if ckpt.exists() and ckpt.stat().st_mtime != seen:
                 seen = ckpt.stat().st_mtime
-                epoch_done = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
+                epoch_done = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
                 if epoch_done == 1:  # epochs 1 and 2 are done: epoch 3 is running now
-                    t_epoch = seen - (logs / "version_0" / "config.yaml").stat().st_mtime
+                    t_epoch = seen - (run / "config.yaml").stat().st_mtime
                     time.sleep(min(1.0, t_epoch / 4))  # well inside epoch 3
                     break
             time.sleep(0.02)
@@ -69,19 +75,20 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1, "the kill should land during epoch 3"
-    assert not (logs / "version_0" / "metrics.json").exists()
+    assert not (run / "metrics.json").exists()
 
     resumed = subprocess.run(_train_cmd(logs, *recipe, "--ckpt_path=last"), cwd=ROOT, capture_output=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
-    assert not (logs / "version_1").exists()  # resumed into the same run folder
-    a, b = _weights(tmp_path / "ref" / "version_0"), _weights(logs / "version_0")
+    assert not (logs / "lightning_logs" / "version_1").exists()  # resumed into the same run folder
+    ref_run = tmp_path / "ref" / "lightning_logs" / "version_0"
+    a, b = _weights(ref_run), _weights(run)
     for k in ("W", "b"):
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
-    ma = json.loads((tmp_path / "ref" / "version_0" / "metrics.json").read_text())
-    mb = json.loads((logs / "version_0" / "metrics.json").read_text())
+    ma = json.loads((ref_run / "metrics.json").read_text())
+    mb = json.loads((run / "metrics.json").read_text())
     assert _comparable(ma) == _comparable(mb)
 
 
@@ -89,7 +96,7 @@ def test_same_seed_same_run_other_seed_other_weights(tmp_path, data_dir):
     runs = [run_train(tmp_path / f"r{i}", "--trainer.max_epochs=2", f"--seed_everything={seed}")
             for i, seed in enumerate((5, 5, 6))]
     assert _comparable(runs[0]) == _comparable(runs[1])
-    w = [_weights(tmp_path / f"r{i}" / "version_0") for i in range(3)]
+    w = [_weights(Path(r["run_dir"])) for r in runs]
     assert torch.equal(w[0]["W"], w[1]["W"]) and torch.equal(w[0]["b"], w[1]["b"])
     assert not torch.equal(w[0]["W"], w[2]["W"])
     assert [r["train_loss"] for r in runs[0]["history"]] != [r["train_loss"] for r in runs[2]["history"]]
@@ -100,7 +107,7 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_
     res = _run_ddp([sys.executable, "tests/ddp_step_check.py", str(out), str(DATA_DIR)],
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr.decode()[-3000:]
-    got = torch.load(out, weights_only=False)
+    got = torch.load(out, weights_only=True)
     assert torch.equal(got["per_rank"][0], got["per_rank"][1])  # identical weights on both ranks
     # the same step by hand: both ranks' first batches form one global batch of 512
     torch.manual_seed(0)
@@ -108,12 +115,11 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_
     b = torch.zeros(10, requires_grad=True)
     dm = FashionMNISTDataModule(data_dir=str(DATA_DIR))
     dm.setup("fit")
-    X, y = dm.splits["train"]
     batches = []
-    for rank in range(2):
-        ld = InMemoryLoader(X, y, 256, shuffle=True, seed=0, rank=rank, world_size=2)
-        ld.set_epoch(0)
-        batches.append(next(iter(ld)))
+    for rank in range(2):  # the sampler Lightning puts in each rank's loader under DDP
+        sampler = DistributedSampler(dm.train_set, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(0)
+        batches.append(dm.train_set.__getitems__(list(sampler)[:256]))
     Xg, yg = torch.cat([bt[0] for bt in batches]), torch.cat([bt[1] for bt in batches])
     F.cross_entropy(Xg.reshape(-1, 784) @ W + b, yg).sum().backward()
     torch.testing.assert_close(got["W"], (W - 0.1 * W.grad / 512).detach(), rtol=0, atol=1e-7)
@@ -124,7 +130,7 @@ def test_two_process_ddp_training_run(tmp_path, data_dir):
     res = _run_ddp(_train_cmd(tmp_path / "ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
                               "--trainer.strategy=ddp", "--trainer.max_epochs=3"))
     assert res.returncode == 0, res.stderr.decode()[-3000:]
-    written = list((tmp_path / "ddp").glob("version_*/metrics.json"))
+    written = list((tmp_path / "ddp").glob("lightning_logs/version_*/metrics.json"))
     assert len(written) == 1  # one run, written by rank 0 only
     m = json.loads(written[0].read_text())
     assert m["world_size"] == 2 and m["ranks_weights_equal"] is True
@@ -136,7 +142,7 @@ def test_two_process_ddp_training_run(tmp_path, data_dir):
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
     from softmax_lightning import io as sl_io
-    from softmax_lightning.cli import AtomicCheckpointIO
+    from softmax_lightning.checkpoint import AtomicCheckpointIO
 
     target = tmp_path / "checkpoints" / "last.ckpt"
     ckio = AtomicCheckpointIO()
@@ -149,8 +155,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_temp(tm
     monkeypatch.setattr(sl_io.os, "replace", crash)
     try:
         ckio.save_checkpoint({"epoch": 2, "W": torch.zeros(3)}, target)
-    except OSError:
+    except UserError:  # one line for the user
         pass
     assert target.read_bytes() == good  # the last good checkpoint is intact
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no half-written temp file left behind
-    assert torch.load(target, weights_only=False)["epoch"] == 1
+    assert torch.load(target, weights_only=True)["epoch"] == 1

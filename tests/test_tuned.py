@@ -17,9 +17,9 @@ def test_standardisation_statistics_come_from_the_training_split_only(data_dir):
     mean, std = dm.input_stats
     assert abs(mean - float(train_only.mean())) < 1e-5 and abs(std - float(train_only.std())) < 1e-5
     assert abs(mean - float(X.mean())) > 1e-5  # not the statistics of train + holdout
-    assert abs(float(dm.splits["train"][0].mean())) < 1e-4 and abs(float(dm.splits["train"][0].std()) - 1) < 1e-3
+    assert abs(float(dm.train_set.X.mean())) < 1e-4 and abs(float(dm.train_set.X.std()) - 1) < 1e-3
     test_images, _ = load_split(data_dir, "test")
-    torch.testing.assert_close(dm.splits["test"][0][:5, 0], (test_images[:5].float() / 255 - mean) / std)
+    torch.testing.assert_close(dm.test_set.X[:5, 0], (test_images[:5].float() / 255 - mean) / std)
 
 
 def test_tuned_recipe_beats_the_benchmark_and_restores_its_statistics(tmp_path, data_dir):
@@ -27,14 +27,14 @@ def test_tuned_recipe_beats_the_benchmark_and_restores_its_statistics(tmp_path, 
     assert m["test_acc"] >= 0.845  # Fashion-MNIST benchmark's best LogisticRegression: 0.842
     assert m["train_seconds"] < 120
     model, stats = load_checkpoint(m["checkpoint"])
-    ckpt = torch.load(m["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(m["checkpoint"], map_location="cpu", weights_only=True)
     assert tuple(ckpt["FashionMNISTDataModule"]["input_stats"]) == stats
     assert stats is not None and 0.2 < stats[0] < 0.4 and 0.3 < stats[1] < 0.4
     assert model.hparams.momentum == 0.9 and model.hparams.nesterov and model.hparams.lr_schedule == "cosine"
     # prediction with the restored statistics reproduces the run's test accuracy
     dm = FashionMNISTDataModule(data_dir=str(DATA_DIR))
     dm.setup("test")
-    X, y = dm.splits["test"]
+    X, y = dm.test_set.X, dm.test_set.y
     with torch.no_grad():
         acc = float((model((X - stats[0]) / stats[1]).argmax(1) == y).float().mean())
     assert abs(acc - m["test_acc"]) < 1e-6

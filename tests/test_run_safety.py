@@ -1,0 +1,294 @@
+"""The training side of reliability: checkpoints never run code, resume never loses or falsifies a run, two processes
+never share a run folder, signals and a full disk end in one line, and config files are bounded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from softmax_lightning.checkpoint import epochs_done
+from softmax_lightning.cli import RunFolder, main
+from tests.conftest import ROOT, run_dirs, run_train, train_args
+
+SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=10", "--trainer.limit_val_batches=2",
+         "--trainer.log_every_n_steps=5"]
+NOISE = ("GPU available", "TPU available", "HPU available")  # Lightning's own info lines, before training starts
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) with its checksum."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(err: str, *fragments: str) -> str:
+    """The single ``error:`` line on stderr (no traceback), holding each fragment."""
+    lines = [line for line in err.strip().splitlines() if not line.startswith(NOISE)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def expect_error(capsys, args: list[str], *fragments: str) -> str:
+    """Run train.py's main in-process; it must exit 2 with one error line."""
+    assert main(args) == 2
+    return one_error_line(capsys.readouterr().err, *fragments)
+
+
+def train_process(root: Path, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "scripts/train.py", *train_args(root, *args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir) -> Path:
+    """A short finished run (2 epochs of 10 batches); tests copy it before changing anything."""
+    root = tmp_path_factory.mktemp("finished")
+    run_train(root, *SHORT)
+    return root
+
+
+@pytest.fixture
+def copy(tmp_path, finished) -> Path:
+    """A private copy of the finished run's root folder."""
+    shutil.copytree(finished, tmp_path / "root")
+    return tmp_path / "root"
+
+
+def last_ckpt(root: Path) -> Path:
+    return run_dirs(root)[-1] / "checkpoints" / "last.ckpt"
+
+
+# ---------------------------------------------------------------------------------------------------- 1. security
+class Payload:
+    """Unpickling this runs a shell command: what a hostile checkpoint carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_a_crafted_checkpoint_never_runs_its_payload(tmp_path, copy, capsys):
+    marker, crafted = tmp_path / "PWNED", tmp_path / "crafted.ckpt"
+    ckpt = torch.load(last_ckpt(copy), weights_only=True)
+    ckpt["hyper_parameters"]["note"] = Payload(marker)  # otherwise a perfectly good checkpoint
+    torch.save(ckpt, crafted)
+    out = subprocess.run([sys.executable, "scripts/train.py", *train_args(tmp_path / "new", f"--ckpt_path={crafted}")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and not marker.exists()
+    one_error_line(out.stderr, "cannot be loaded safely", str(crafted))
+    shutil.copy(crafted, last_ckpt(copy))  # planted as the newest run's last.ckpt, picked by --ckpt_path last
+    for sub in ([], ["test"]):
+        expect_error(capsys, [*sub, *train_args(copy, "--ckpt_path=last")], "cannot be loaded safely")
+        assert not marker.exists()
+    torch.load(crafted, weights_only=False)  # the control: an unsafe load does run it
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 2. resume
+def test_resuming_a_finished_run_changes_nothing(copy, capsys):
+    before = snapshot(copy)
+    assert main(train_args(copy, *SHORT, "--ckpt_path=last")) == 0
+    assert "nothing left to train" in capsys.readouterr().out
+    assert snapshot(copy) == before
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_completed_on_resume(copy):
+    run = run_dirs(copy)[-1]
+    complete = json.loads((run / "metrics.json").read_text())
+    for name in ("metrics.json", "predictions.png", "weights.png", "confusion.png"):  # killed while testing/drawing
+        (run / name).unlink()
+    m = run_train(copy, *SHORT, "--ckpt_path=last")
+    assert m["run_dir"] == str(run) and len(run_dirs(copy)) == 1  # completed in place
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "global_step",
+                "train_seconds", "history"):
+        assert m[key] == complete[key], key  # the real run's numbers, not a new run's or a partial set
+    assert all((run / f).is_file() for f in ("curves.png", "predictions.png", "weights.png", "confusion.png"))
+
+
+@pytest.mark.parametrize("change,named", [(["--model.lr=0.5"], "model.lr is 0.1 in the checkpoint but 0.5"),
+                                          (["--config=configs/tuned.yaml"], "model.momentum"),
+                                          (["--data.batch_size=64"], "data.batch_size")])
+def test_changed_settings_are_refused_and_nothing_is_touched(copy, capsys, change, named):
+    before = snapshot(copy)
+    expect_error(capsys, train_args(copy, *SHORT, "--ckpt_path=last", *change), named, "start a new run")
+    assert snapshot(copy) == before
+
+
+def test_a_moved_run_folder_keeps_updating_its_own_last_ckpt(tmp_path, finished):
+    moved = tmp_path / "moved"
+    shutil.move(shutil.copytree(finished, tmp_path / "original"), moved)  # same content, another place
+    original = snapshot(finished)
+    ckpt = last_ckpt(moved)
+    assert main(train_args(tmp_path / "elsewhere", *SHORT, "--trainer.max_epochs=3", f"--ckpt_path={ckpt}")) == 0
+    assert json.loads((ckpt.parent.parent / "metrics.json").read_text())["epochs"] == 3  # it continued there
+    names = {p.name for p in ckpt.parent.iterdir()}
+    assert "last.ckpt" in names and not any(n.startswith("last-v") for n in names)  # no forked last-v1.ckpt
+    assert epochs_done(torch.load(ckpt, weights_only=True)) == 3
+    assert snapshot(finished) == original  # the folder it was copied from is untouched
+    assert not (tmp_path / "elsewhere" / "lightning_logs").exists()
+
+
+def test_stale_temp_files_of_killed_processes_are_cleaned_up(copy):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "120"])
+    try:
+        run = run_dirs(copy)[-1]
+        stale = [run / f".metrics.json.tmp{dead.pid}", run / "checkpoints" / f".last.ckpt.tmp{dead.pid}"]
+        kept = run / f".curves.png.tmp{alive.pid}"  # a live writer's
+        for p in (*stale, kept):
+            p.write_bytes(b"half")
+        run_train(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last")
+        assert not any(p.exists() for p in stale) and kept.exists()
+    finally:
+        alive.kill()
+
+
+# ---------------------------------------------------------------------------------------------------- 3. folders
+def test_version_folders_are_taken_exclusively(tmp_path):
+    folders = [RunFolder() for _ in range(12)]
+    threads = [threading.Thread(target=f.create, args=(tmp_path / "lightning_logs",)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({f.path for f in folders}) == 12  # no two processes share a folder
+    assert all((f.path / RunFolder.LOCK).read_text() == str(os.getpid()) for f in folders)
+    for f in folders:
+        f.release(failed=True)  # a failed start leaves nothing
+    assert not list((tmp_path / "lightning_logs").iterdir())
+
+
+def test_resuming_into_a_folder_a_live_run_is_writing_is_refused(copy, capsys):
+    lock = run_dirs(copy)[-1] / RunFolder.LOCK
+    live = subprocess.Popen(["sleep", "120"])
+    try:
+        lock.write_text(str(live.pid))
+        expect_error(capsys, train_args(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last"),
+                     f"in use by process {live.pid}")
+    finally:
+        live.kill()
+        live.wait()
+    m = run_train(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last")  # its process is gone: a stale lock
+    assert m["epochs"] == 3 and not lock.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 4. signals
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_run_with_its_exit_code_and_how_to_resume(tmp_path, data_dir, signum, code):
+    proc = train_process(tmp_path, "--trainer.max_epochs=3", "--trainer.limit_train_batches=120")
+    deadline = time.time() + 240
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    line = one_error_line("\n".join(l for l in err.splitlines() if "Received SIGTERM" not in l),
+                          f"stopped by {signal.Signals(signum).name}", "--ckpt_path")
+    assert torch.load(ckpt, weights_only=True)["state_dict"]["W"].shape == (784, 10)  # resumable
+    if signum == signal.SIGTERM:  # the printed command finishes the run
+        command = shlex.split(line.split("Resume with: ", 1)[1])
+        assert command[:2] == ["python", "scripts/train.py"]
+        done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((ckpt.parent.parent / "metrics.json").read_text())["epochs"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------- 5. disk full
+def test_a_full_log_folder_ends_in_one_line(tmp_path, data_dir):
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a private mount namespace here (unshare -rm), so no small disk to fill")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    cmd = " ".join(shlex.quote(a) for a in [sys.executable, "scripts/train.py", *train_args(runs, *SHORT)])
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=160k tmpfs {runs} && exec {cmd}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if "mount" in out.stderr and out.returncode != 2:
+        pytest.skip(f"cannot mount a small tmpfs here: {out.stderr.strip()[:200]}")
+    assert out.returncode == 2
+    one_error_line(out.stderr, "no space left on the device")
+
+
+# ---------------------------------------------------------------------------------------------------- 8. one line
+def _checkpoint_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    data = good.read_bytes()
+    files = {"zero-byte": b"", "truncated": data[: len(data) // 2], "random bytes": os.urandom(4096)}
+    out = {}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        out[name] = (tmp_path / name, "cannot be loaded safely")
+    torch.save({"state_dict": {"layer.weight": torch.zeros(3, 3)}}, tmp_path / "other")
+    out["another model's"] = (tmp_path / "other", "not a SoftmaxRegression checkpoint")
+    torch.save({"state_dict": {"W": torch.zeros(100, 3), "b": torch.zeros(3)}}, tmp_path / "shape")
+    out["wrong shape"] = (tmp_path / "shape", "W of shape (100, 3)")
+    return out
+
+
+def test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder(tmp_path, finished, capsys):
+    for name, (path, text) in _checkpoint_files(tmp_path, last_ckpt(finished)).items():
+        for sub in ([], ["validate"]):
+            expect_error(capsys, [*sub, *train_args(tmp_path / "runs", *SHORT, f"--ckpt_path={path}")], text)
+            assert not (tmp_path / "runs" / "lightning_logs").exists() or not run_dirs(tmp_path / "runs"), name
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--model.num_inputs=100"], "--model.num_inputs is 100, but the data's images have 784 pixels"),
+    (["--model.num_outputs=5"], "--model.num_outputs is 5, but the data has 10 classes"),
+    (["--model.lr=1e308"], "training diverged"),
+    (["--model.init_std=1e30"], "training diverged"),
+])
+def test_arguments_that_cannot_train_are_one_line_and_leave_no_run_folder(tmp_path, data_dir, capsys, args, text):
+    expect_error(capsys, train_args(tmp_path, *SHORT, *args), text)
+    assert not run_dirs(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- 7. configs
+BILLION_LAUGHS = "\n".join([
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+    *(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)),
+    "model: *i",
+]) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, data_dir, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS)
+    assert bomb.stat().st_size < 600  # a few hundred bytes that expand to 9**9 values
+    t = time.perf_counter()
+    expect_error(capsys, train_args(tmp_path, "--config", str(bomb)), "expands to more than")
+    assert time.perf_counter() - t < 10
+
+
+def test_a_fifo_as_config_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    out = subprocess.run([sys.executable, "scripts/train.py", "--config", str(fifo)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    one_error_line(out.stderr, "not a regular file", "--config")
+
+
+@pytest.mark.parametrize("text", ["", "# nothing set here\n"])
+def test_an_empty_config_means_no_overrides(tmp_path, data_dir, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    m = run_train(tmp_path, "--config", str(empty), "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+                  "--trainer.limit_val_batches=2")
+    assert m["epochs"] == 1 and "lr: 0.1" in (Path(m["run_dir"]) / "config.yaml").read_text()
