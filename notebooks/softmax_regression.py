@@ -27,6 +27,7 @@
 # outputs are made.
 
 # %%
+import inspect
 import logging
 import os
 import warnings
@@ -40,7 +41,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
 from softmax_lightning import figures
-from softmax_lightning import functional as F
+from softmax_lightning.functional import accuracy, cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from softmax_lightning.callbacks import ChapterFigures
 from softmax_lightning.data import FashionMNISTDataModule, class_names
 from softmax_lightning.model import SoftmaxRegression
@@ -92,12 +93,12 @@ X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 X.sum(0, keepdim=True), X.sum(1, keepdim=True)
 
 # %% [markdown]
-# The chapter's `softmax` is `F.softmax_naive` (exp, row sums, divide). Every entry becomes non-negative and every
-# row sums to 1. `F.softmax` gives the same numbers without overflowing (exercise 1, below).
+# The chapter's `softmax` is `softmax_naive` (exp, row sums, divide). Every entry becomes non-negative and every
+# row sums to 1. `softmax` gives the same numbers without overflowing (exercise 1, below).
 
 # %%
 X = torch.normal(0, 1, (2, 5))
-X_prob = F.softmax_naive(X)
+X_prob = softmax_naive(X)
 X, X_prob, X_prob.sum(1)
 
 # %% [markdown]
@@ -123,26 +124,26 @@ y_hat = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.2, 0.5]])
 y_hat[[0, 1], y], y_hat[[0, 0], y], y_hat[[1, 0], y]
 
 # %% [markdown]
-# The chapter's `cross_entropy(y_hat, y)`, on probabilities, is `F.cross_entropy_naive`:
+# The chapter's `cross_entropy(y_hat, y)`, on probabilities, is `cross_entropy_naive`:
 
 # %% tags=["cross_entropy"]
-F.cross_entropy_naive(y_hat, y)
+cross_entropy_naive(y_hat, y)
 
 # %% [markdown]
-# Training uses `F.cross_entropy`, which takes logits (scores before softmax) and never forms a probability that
+# Training uses `cross_entropy`, which takes logits (scores before softmax) and never forms a probability that
 # could underflow to 0 (exercise 2). `log(y_hat)` is a valid logit vector, so it gives the same numbers:
 
 # %%
-F.cross_entropy(torch.log(y_hat), y)
+cross_entropy(torch.log(y_hat), y)
 
 # %% [markdown]
 # ## 6. 求分类精度 · Classification accuracy
 #
-# `F.accuracy` counts the rows whose argmax is the true class: the first sample is wrong (predicts 2, not 0), the
+# `accuracy` counts the rows whose argmax is the true class: the first sample is wrong (predicts 2, not 0), the
 # second right, so the accuracy is 1 / 2.
 
 # %% tags=["accuracy"]
-float(F.accuracy(y_hat, y) / len(y))
+float(accuracy(y_hat, y) / len(y))
 
 # %% [markdown]
 # The chapter's `evaluate_accuracy(net, test_iter)` (with its `Accumulator`) is the `Trainer`'s test loop:
@@ -162,7 +163,11 @@ round(evaluator.test(net, datamodule=data, verbose=False)[0]["test_acc"], 4)
 # the test split is evaluated after every epoch, and `ChapterFigures` plays the chapter's `Animator`: in a notebook
 # it shows the curves below and redraws them in place after every epoch (one figure that grows). It also writes
 # them to `curves.png` in the run folder, with `predictions.png`, `weights.png` and `confusion.png` at the end. The
-# progress bar leaves one line per epoch.
+# progress bar leaves one line per epoch. First, the step itself: the chapter's `l.sum().backward();
+# updater(X.shape[0])`, through Lightning's manual optimization.
+
+# %%
+print(inspect.getsource(SoftmaxRegression.training_step))
 
 # %%
 class EpochBar(TQDMProgressBar):

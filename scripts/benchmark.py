@@ -20,7 +20,6 @@ writes ``benchmark.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,7 @@ from softmax_lightning import functional as F
 from softmax_lightning.cli import make_cli, run_recipe  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule, find_raw_files
 from softmax_lightning.errors import UserError
+from softmax_lightning.io import write_json
 from softmax_lightning.profiling import PeakRSS
 
 
@@ -149,6 +149,31 @@ def bench_d2l(epochs: int, data_dir: str, batch_size: int = 256, lr: float = 0.1
     return {"epoch_s": times, "total_s": time.perf_counter() - t0, "test_acc": acc}
 
 
+def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
+    """Run floor and project alternately ``args.rounds`` times (pooling their epochs), then d2l; time each."""
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as root_dir:
+        accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
+                    ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
+        if not args.skip_d2l and args.device == "cpu":
+            schedule.append(("d2l", lambda: bench_d2l(d2l_epochs, args.data_dir)))
+        for name, fn in schedule:
+            with PeakRSS() as rss:
+                r = fn()
+            print(f"{name}: {statistics.median(r['epoch_s']):.3f} s/epoch, test acc {r['test_acc']:.4f}",
+                  file=sys.stderr)
+            if name in results:  # a later round: pool the epochs, keep the worst peak and the mean total
+                prev = results[name]
+                r.update(epoch_s=prev["epoch_s"] + r["epoch_s"], total_s=(prev["total_s"] + r["total_s"]) / 2,
+                         peak_rss_mb=max(prev["peak_rss_mb"], rss.peak_mb))
+            else:
+                r["peak_rss_mb"] = rss.peak_mb
+            r["median_epoch_s"] = statistics.median(r["epoch_s"])
+            results[name] = r
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -175,31 +200,13 @@ def main() -> int:
         print(f"error: cannot write {args.out}: {out_dir} is not a writable folder; pass --out with another path",
               file=sys.stderr)
         return 2
+    d2l_epochs = args.d2l_epochs or args.epochs
     try:
         find_raw_files(args.data_dir)
+        results = measure(args, d2l_epochs)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    d2l_epochs = args.d2l_epochs or args.epochs
-    with tempfile.TemporaryDirectory() as root_dir:
-        accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
-        schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
-                    ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
-        if not args.skip_d2l and args.device == "cpu":
-            schedule.append(("d2l", lambda: bench_d2l(d2l_epochs, args.data_dir)))
-        results: dict[str, dict] = {}
-        for name, fn in schedule:
-            with PeakRSS() as rss:
-                r = fn()
-            print(f"{name}: {statistics.median(r['epoch_s']):.3f} s/epoch, test acc {r['test_acc']:.4f}", file=sys.stderr)
-            if name in results:  # a later round: pool the epochs, keep the worst peak and the mean total
-                prev = results[name]
-                r.update(epoch_s=prev["epoch_s"] + r["epoch_s"], total_s=(prev["total_s"] + r["total_s"]) / 2,
-                         peak_rss_mb=max(prev["peak_rss_mb"], rss.peak_mb))
-            else:
-                r["peak_rss_mb"] = rss.peak_mb
-            r["median_epoch_s"] = statistics.median(r["epoch_s"])
-            results[name] = r
     print(f"\n{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}   "
           f"(s/epoch: median over all epochs; total: per run)")
     for name, r in results.items():
@@ -218,8 +225,7 @@ def main() -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if args.device == "cuda":
         machine += f", GPU {torch.cuda.get_device_name()}"
-    Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "ratios": ratios,
-                                          "accuracies_agree": agree}, indent=2) + "\n")
+    write_json(args.out, {"machine": machine, "results": results, "ratios": ratios, "accuracies_agree": agree})
     print(f"machine: {machine}\nwrote {args.out}")
     return 0 if agree else 1
 

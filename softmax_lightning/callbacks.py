@@ -96,7 +96,8 @@ class ChapterFigures(L.Callback):
         self.history: list[dict[str, float]] = []
         self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # the first n validation images and labels
         self.confusion: torch.Tensor | None = None  # the last validation confusion matrix (true rows)
-        self._confmat = MulticlassConfusionMatrix(10, validate_args=False)
+        self._confmat: MulticlassConfusionMatrix | None = None  # made for the model's number of classes
+        self._epochs_ended = 0  # epochs whose training part has ended (this callback's on_train_epoch_end)
         self._curves: figures.CurvesPlot | None = None
         self._display = None  # the live curves' handle in a Jupyter notebook
         self._epoch_start = time.perf_counter()
@@ -116,9 +117,10 @@ class ChapterFigures(L.Callback):
 
         The module logs an epoch's metrics in its own ``on_train_epoch_end``, which Lightning calls after this
         callback's and before the checkpoint callbacks'. So the row is taken when the epoch's checkpoint is saved
-        (``on_save_checkpoint``), at the next epoch's start, or at the end of training, whichever comes first.
+        (``on_save_checkpoint``), at the next epoch's start, or at the end of training, whichever comes first; a
+        checkpoint saved mid-epoch adds no row.
         """
-        done = trainer.fit_loop.epoch_progress.current.processed  # epochs whose training part has ended
+        done = self._epochs_ended
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in SERIES}
         if done <= len(self.history) or not metrics:
             return
@@ -145,6 +147,9 @@ class ChapterFigures(L.Callback):
         self._record_epoch(trainer)
         self._epoch_start = time.perf_counter()
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epochs_ended = trainer.current_epoch + 1  # (current_epoch counts up after the epoch-end hooks)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record_epoch(trainer)
 
@@ -157,6 +162,7 @@ class ChapterFigures(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get("chapter_figures", {})
         self.history = list(state.get("history", []))
+        self._epochs_ended = len(self.history)
         self.sample, self.confusion = state.get("sample"), state.get("confusion")
 
     # ------------------------------------------------------------------ per epoch
@@ -180,16 +186,18 @@ class ChapterFigures(L.Callback):
         if trainer.sanity_checking or outputs is None:
             return
         X, y = batch
-        self._confmat.update(outputs, y)
+        self._confmat.update(outputs, y)  # (made in on_validation_start)
         if batch_idx == 0 and dataloader_idx == 0:
             self.sample = (X[: self.n_images].detach().cpu().clone(), y[: self.n_images].cpu().clone())  # own storage
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._confmat is None:
+            self._confmat = MulticlassConfusionMatrix(pl_module.W.shape[1], validate_args=False)
         self._confmat.to(pl_module.device)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Histograms and images of this epoch, at x = epoch (1-based)."""
-        if trainer.sanity_checking or not self._confmat.update_count:
+        if trainer.sanity_checking or self._confmat is None or not self._confmat.update_count:
             return
         self.confusion = self._confmat.compute().cpu()  # reduced over DDP ranks
         self._confmat.reset()

@@ -87,11 +87,9 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict[str, An
 
 
 def epochs_done(ckpt: dict[str, Any]) -> int:
-    """How many epochs had finished training when the checkpoint was written (Lightning's loop progress)."""
-    try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError):
-        return int(ckpt.get("epoch", -1)) + 1
+    """How many epochs had finished when the checkpoint was written: its ``epoch`` is the index of the epoch it was
+    saved in, and this project's checkpoints are saved at the end of an epoch."""
+    return int(ckpt.get("epoch", -1)) + 1
 
 
 def finished(ckpt: dict[str, Any], max_epochs: int | None, max_steps: int) -> bool:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -29,6 +30,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+try:
+    import fcntl  # POSIX advisory locks
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 import yaml
@@ -44,7 +50,7 @@ from softmax_lightning.checkpoint import (LOGS, AtomicCheckpointIO, finished, ne
                                           run_folder_of, run_versions)
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError
-from softmax_lightning.io import pid_alive, read_small_text, write_error, write_json
+from softmax_lightning.io import read_small_text, write_error, write_json
 from softmax_lightning.model import SoftmaxRegression
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -90,27 +96,43 @@ def stop_on_signals():
 class RunFolder:
     """The run folder this process writes: picked atomically, locked while in use, removed if a fresh start fails.
 
-    The lock is ``<run>/.lock`` holding the writer's PID; a lock whose process is gone is stale and taken over.
-    Under DDP only rank 0 (the process that writes files) picks and locks the folder.
+    The lock is an advisory ``flock`` on ``<run>/.lock`` (which holds the writer's PID, for the message): the kernel
+    drops it when the process ends, however it ends, so a lock is never stale. Under DDP only rank 0 (the process
+    that writes files) picks and locks the folder. (Where ``fcntl`` is missing, e.g. Windows, folders are not locked.)
     """
 
     LOCK = ".lock"
+    DEBRIS = {LOCK, "config.yaml", "hparams.yaml"}  # what a start writes before it trains anything
 
     def __init__(self) -> None:
         self.path: Path | None = None
         self.created = False  # made by this process (so it may be removed again)
-        self.locked = False
+        self._lock_file = None  # the open, flock-ed lock file while this process holds the folder
 
     @staticmethod
-    def check_free(run: Path) -> None:
-        """Refuse, in one line, a run folder that a live process is writing."""
+    def _try_lock(f) -> bool:
+        """Take an exclusive ``flock`` on the open file ``f`` without waiting; whether it was free."""
+        if fcntl is None:
+            return True
         try:
-            pid = int((run / RunFolder.LOCK).read_text().strip() or 0)
-        except (OSError, ValueError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    @classmethod
+    def check_free(cls, run: Path) -> None:
+        """Refuse, in one line, a run folder that a live process is writing (read-only: takes nothing)."""
+        try:
+            with open(run / cls.LOCK, "a+") if (run / cls.LOCK).is_file() else contextlib.nullcontext() as f:
+                if f is None or cls._try_lock(f):
+                    return  # no lock file, or nobody holds it (closing the file drops our probe)
+                f.seek(0)
+                pid = f.read().strip() or "?"
+        except OSError:
             return
-        if pid and pid != os.getpid() and pid_alive(pid):
-            raise UserError(f"run folder {run} is in use by process {pid} (its {RunFolder.LOCK} file); wait for that "
-                            f"run to end or stop it, then resume")
+        raise UserError(f"run folder {run} is in use by process {pid} (it holds {run / cls.LOCK}); wait for that "
+                        f"run to end or stop it, then resume")
 
     def create(self, logs: Path) -> int:
         """Make the next ``version_N`` under ``logs`` exclusively (two processes never get the same one); lock it."""
@@ -136,30 +158,35 @@ class RunFolder:
         self.lock()
 
     def lock(self) -> None:
-        self.check_free(self.path)
         lock = self.path / self.LOCK
-        lock.unlink(missing_ok=True)  # stale: its process is gone
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:  # another process locked it in between
-            self.check_free(self.path)
-            raise UserError(f"run folder {self.path} is being taken by another process; try again") from None
+            f = open(lock, "a+")
         except OSError as e:
             raise write_error(lock, e) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        self.locked = True
+        if not self._try_lock(f):
+            f.close()
+            self.check_free(self.path)  # says who holds it
+            raise UserError(f"run folder {self.path} is being taken by another process; try again")
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
 
     def has_checkpoint(self) -> bool:
         return self.path is not None and (self.path / "checkpoints" / "last.ckpt").is_file()
 
     def release(self, failed: bool) -> None:
-        """Unlock; after a failed fresh start (no checkpoint written), remove the folder: it holds nothing to keep."""
-        if self.locked:
+        """Unlock; after a failed fresh start that trained nothing, remove the folder: it holds nothing to keep."""
+        if self._lock_file is not None:
             (self.path / self.LOCK).unlink(missing_ok=True)
-            self.locked = False
-        if failed and self.created and not self.has_checkpoint():
-            shutil.rmtree(self.path, ignore_errors=True)
+            self._lock_file.close()  # drops the flock
+            self._lock_file = None
+        if failed and self.created and self.path.is_dir():
+            kept = [p for p in self.path.rglob("*") if p.is_file() and p.name not in self.DEBRIS
+                    and not p.name.startswith("events.out.tfevents")]
+            if not kept:  # no checkpoint, figure or metrics: a start that failed before its first epoch ended
+                shutil.rmtree(self.path, ignore_errors=True)
 
 
 def complete_outputs(run: Path) -> bool:
@@ -234,12 +261,19 @@ class TrainCLI(LightningCLI):
         if (tcfg.max_steps is None or tcfg.max_steps < 0) and (tcfg.max_epochs is None or tcfg.max_epochs < 1):
             raise UserError(f"max_epochs must be >= 1, got {tcfg.max_epochs} (--trainer.max_epochs)")
         if self.subcommand:
-            cfg.weights_only = True if cfg.get("weights_only") is None else cfg.weights_only
+            if cfg.get("weights_only") is False:
+                raise UserError("--weights_only false would let a checkpoint run code while it loads; this project "
+                                "loads checkpoints with weights_only=True only: drop the option")
+            cfg.weights_only = True
         if not cfg.get("ckpt_path"):
             return
         root = Path(tcfg.default_root_dir or ".")
         path = newest_checkpoint(root) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         checkpoint = read_checkpoint(path)
+        if self.subcommand and cfg.ckpt_path == "last":  # LightningCLI reads a path's model settings, not "last"'s
+            saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+            self.config = self.parser.parse_object({self.subcommand: {"model": saved}}, self.config)
+            cfg = self._cfg()
         shape, wanted = tuple(checkpoint["state_dict"]["W"].shape), (cfg.model.num_inputs, cfg.model.num_outputs)
         if shape != wanted:
             raise UserError(f"checkpoint {path} holds W of shape {shape}, but this run's model has {wanted} "
@@ -251,13 +285,14 @@ class TrainCLI(LightningCLI):
                             f"without --ckpt_path")
         cfg.ckpt_path = str(path)
         self.resume = Resume(path, checkpoint, run_folder_of(path))
-        if self.subcommand not in (None, "fit") or self.resume.run is None or rank_zero_only.rank != 0:
+        if self.subcommand not in (None, "fit") or self.resume.run is None:
             return
-        RunFolder.check_free(self.resume.run)
+        if rank_zero_only.rank == 0:  # the lock is rank 0's
+            RunFolder.check_free(self.resume.run)
         if self.recipe and finished(checkpoint, tcfg.max_epochs, tcfg.max_steps) and complete_outputs(self.resume.run):
             raise NothingToDo(f"run {self.resume.run} is complete ({checkpoint.get('global_step')} steps, "
                               f"{tcfg.max_epochs} epochs asked): nothing left to train and every file is as it was. "
-                              f"To train longer, resume with a larger --trainer.max_epochs")
+                              f"To train longer, resume with a larger --trainer.max_epochs")  # on every rank
 
     def _settings_to_compare(self, cfg) -> dict[str, dict]:
         """The ``model`` / ``data`` settings a checkpoint must agree with. With a subcommand, LightningCLI takes the
@@ -453,9 +488,10 @@ def _stopped_message(signum: int, run_folder: RunFolder, args: list[str]) -> str
     name = signal.Signals(signum).name
     if run_folder.has_checkpoint():
         ckpt = run_folder.path / "checkpoints" / "last.ckpt"
-        again = " ".join(a for a in args if not a.startswith("--ckpt_path"))
-        return (f"stopped by {name}; {ckpt} holds the last finished epoch. Resume with: python scripts/train.py "
-                f"{again + ' ' if again else ''}--ckpt_path {ckpt}")
+        again = [a for i, a in enumerate(args) if not (a.startswith("--ckpt_path") or
+                                                       (i and args[i - 1] == "--ckpt_path"))]
+        return (f"stopped by {name}; {ckpt} holds the last finished epoch. Resume with: "
+                f"{shlex.join(['python', 'scripts/train.py', *again, '--ckpt_path', str(ckpt)])}")
     return f"stopped by {name} before the first checkpoint; nothing to resume: run the same command again"
 
 

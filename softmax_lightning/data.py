@@ -150,6 +150,7 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
                 _gunzip(source / f"{n}.gz", raw / n, fix)
             return raw
     # (3) torchvision's download.
+    failed = ""
     if download:
         try:
             from torchvision.datasets import FashionMNIST
@@ -157,9 +158,9 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
             for train in (True, False):
                 FashionMNIST(str(data_dir), train=train, download=True)
             return raw
-        except Exception:  # noqa: BLE001 - any network/IO failure means "this way did not work"
-            pass
-    raise UserError(f"Fashion-MNIST files not found ({', '.join(missing)} missing in {raw}); "
+        except Exception as e:  # noqa: BLE001 - any network/IO failure means "this way did not work"
+            failed = f" (torchvision's download failed: {' '.join(str(e).split())[:120] or type(e).__name__})"
+    raise UserError(f"Fashion-MNIST files not found ({', '.join(missing)} missing in {raw}){failed}; "
                     + HOW_TO_GET.format(raw=raw, sys=system_dir))
 
 
@@ -335,11 +336,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             splits["val"], splits["train"] = (X[val_idx], y[val_idx]), (X[train_idx], y[train_idx])
         else:
             splits["val"] = splits["test"]  # the chapter validates on the test split (the same tensors, no copy)
-        if hp.standardize:
-            if self.input_stats is None:  # not restored from a checkpoint
-                Xtr = splits["train"][0]
-                self.input_stats = (float(Xtr.mean()), float(Xtr.std()))
-            mean, std = self.input_stats
+        if hp.standardize:  # statistics of the training split only (val and test must not leak into them)
+            Xtr = splits["train"][0]
+            self.input_stats = mean, std = float(Xtr.mean()), float(Xtr.std())
             for X in {id(X): X for X, _ in splits.values()}.values():  # val may alias test: each tensor once
                 X.sub_(mean).div_(std)
         self.train_set, self.val_set, self.test_set = (InMemoryDataset(*splits[s]) for s in ("train", "val", "test"))

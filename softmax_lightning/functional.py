@@ -118,7 +118,7 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 def cross_entropy_grad(logits: Tensor, y: Tensor) -> Tensor:
     """The derivative of ``cross_entropy`` by hand: ``d loss_i / d logits_i = softmax(logits_i) - onehot(y_i)``.
 
-    The chapter derives it in "softmax及其导数" (softmax and its derivative). A lesson, not the training path:
+    d2l derives it in section 3.4, "softmax及其导数" (softmax and its derivative). A lesson, not the training path:
     training uses autograd, as the chapter does. ``CrossEntropy`` wires it into autograd, and the tests check both
     against autograd with ``torch.autograd.gradcheck``.
 

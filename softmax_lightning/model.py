@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from softmax_lightning import functional as F
+from softmax_lightning.functional import cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from softmax_lightning.errors import UserError
 from softmax_lightning.optim import ChapterSGD
 
@@ -96,18 +96,22 @@ class SoftmaxRegression(L.LightningModule):
 
     def forward(self, X: Tensor) -> Tensor:
         """The chapter's ``net``: class probabilities, shape ``(batch, num_outputs)``."""
-        softmax = F.softmax if self.hparams.softmax == "stable" else F.softmax_naive
-        return softmax(self.logits(X))
+        probabilities = softmax if self.hparams.softmax == "stable" else softmax_naive
+        return probabilities(self.logits(X))
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """5. Per-sample cross-entropy, shape ``(batch,)``."""
         if self.hparams.softmax == "naive":  # the chapter's cells: probabilities, then -log
-            return F.cross_entropy_naive(F.softmax_naive(logits), y)
-        return F.cross_entropy(logits, y)
+            return cross_entropy_naive(softmax_naive(logits), y)
+        return cross_entropy(logits, y)
 
     # ------------------------------------------------------------------ 7. training
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """The chapter's step: ``l = loss(net(X), y); l.sum().backward(); updater(X.shape[0])``."""
+        """The chapter's step: ``l = loss(net(X), y); l.sum().backward(); updater(X.shape[0])``.
+
+        ``net(X)`` is ``forward`` (probabilities); training starts from its logits instead, because the stable
+        cross-entropy works from logits (exercises 1-3). ``softmax="naive"`` trains on the chapter's exact cells.
+        """
         X, y = batch
         opt = self.optimizers()
         logits = self.logits(X)  # (batch, 10)
@@ -123,7 +127,10 @@ class SoftmaxRegression(L.LightningModule):
         return total.detach() / len(y)  # mean loss per sample: what tools such as the LR finder read
 
     def _stop_if_diverged(self, loss: float) -> None:
-        if not math.isfinite(loss) or loss > DIVERGED:
+        """Raise before the update when the loss is nan, inf or beyond ``DIVERGED`` on any rank (all ranks agree, so
+        under DDP none is left waiting for the others' gradients)."""
+        diverged = not math.isfinite(loss) or loss > DIVERGED
+        if self.trainer.strategy.reduce_boolean_decision(diverged, all=False):
             raise NonFiniteLossError(
                 f"training diverged: the mean loss became {loss:.4g} at epoch {self.current_epoch}, step "
                 f"{self.global_step}; the weights were not updated and the last checkpoint (if any) is intact. Try "
@@ -157,19 +164,16 @@ class SoftmaxRegression(L.LightningModule):
 
     # ------------------------------------------------------------------ logging, once per epoch
     def _log_epoch(self, stage: str) -> None:
-        """Log ``{stage}_loss`` (mean per sample) and ``{stage}_acc`` once per epoch, then reset the metrics.
+        """Log ``{stage}_loss`` (mean per sample) and ``{stage}_acc`` once per epoch.
 
-        ``compute()`` reduces over DDP ranks. While fitting, logging ``step`` (Lightning's key for the x-axis) makes
-        the epoch, 1-based, the x-axis in TensorBoard and CSV logs, as in the chapter's Animator.
+        The metric objects are logged themselves: Lightning calls ``compute()`` (reduced over DDP ranks) and resets
+        them for the next epoch. While fitting, logging ``step`` (Lightning's key for the x-axis) makes the epoch,
+        1-based, the x-axis in TensorBoard and CSV logs, as in the chapter's Animator.
         """
-        names = (f"{stage}_loss", f"{stage}_acc")
-        if not self.trainer.sanity_checking and self.metrics[names[1]].update_count:
-            if stage != "test":
-                self.log("step", float(self.current_epoch + 1))
-            for name in names:  # the progress bar shows val: train's epoch values arrive after the bar's last redraw
-                self.log(name, self.metrics[name].compute(), prog_bar=stage == "val")
-        for name in names:
-            self.metrics[name].reset()
+        if stage != "test":
+            self.log("step", float(self.current_epoch + 1))
+        for name in (f"{stage}_loss", f"{stage}_acc"):  # the bar shows val: train's arrive after its last redraw
+            self.log(name, self.metrics[name], prog_bar=stage == "val")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

@@ -51,7 +51,7 @@ class ChapterSGD(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], object] | None = None, batch_size: int = 1) -> None:  # type: ignore[override]
+    def step(self, closure: Callable[[], object] | None = None, *, batch_size: int) -> None:  # type: ignore[override]
         """Apply one update with gradients of a *summed* loss over ``batch_size`` samples, then zero them.
 
         ``batch_size`` is the chapter's ``updater(X.shape[0])``: the minibatch's actual size (the last one is smaller).

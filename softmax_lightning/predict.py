@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint
-from softmax_lightning.data import FashionMNISTDataModule, check_regular_file, class_names
+from softmax_lightning.data import check_regular_file, class_names, find_raw_files, load_split
 from softmax_lightning.errors import UserError
 from softmax_lightning.io import read_small_text, write_error
 from softmax_lightning.model import SoftmaxRegression
@@ -183,10 +183,9 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         X = torch.stack([load_image(p, args.invert) for p in args.images])  # (n, 28, 28)
         y = None
     else:
-        dm = FashionMNISTDataModule(data_dir=args.data_dir)
-        dm.prepare_data()
-        dm.setup("test")
-        X, y = dm.test_set.X[: args.n].reshape(-1, 28, 28), dm.test_set.y[: args.n]  # raw [0, 1]
+        find_raw_files(args.data_dir)
+        images, labels = load_split(args.data_dir, "test")  # only the test split: no need to parse the 60k
+        X, y = images[: args.n].float().div(255), labels[: args.n]  # (n, 28, 28) in [0, 1], as the data module
     with torch.no_grad():
         probs = model(standardize(X, stats))  # (n, 10)
     if not torch.isfinite(probs).all():  # finite but huge weights overflow: never print nan (and invalid JSON)

@@ -175,17 +175,28 @@ def test_version_folders_are_taken_exclusively(tmp_path):
     assert not list((tmp_path / "lightning_logs").iterdir())
 
 
+HOLD_LOCK = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
 def test_resuming_into_a_folder_a_live_run_is_writing_is_refused(copy, capsys):
     lock = run_dirs(copy)[-1] / RunFolder.LOCK
-    live = subprocess.Popen(["sleep", "120"])
+    live = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        lock.write_text(str(live.pid))
+        assert live.stdout.readline().strip() == "locked"  # another process holds the run folder now
         expect_error(capsys, train_args(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last"),
                      f"in use by process {live.pid}")
     finally:
         live.kill()
         live.wait()
-    m = run_train(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last")  # its process is gone: a stale lock
+    assert lock.read_text() == str(live.pid)  # its lock file stays behind, but its process (and lock) is gone
+    m = run_train(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last")
     assert m["epochs"] == 3 and not lock.exists()
 
 
