@@ -41,7 +41,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
 from softmax_lightning import figures
-from softmax_lightning.functional import accuracy, cross_entropy, cross_entropy_naive, softmax, softmax_naive
+from softmax_lightning.functional import accuracy, cross_entropy, cross_entropy_naive, softmax_naive
 from softmax_lightning.callbacks import ChapterFigures
 from softmax_lightning.data import FashionMNISTDataModule, class_names
 from softmax_lightning.model import SoftmaxRegression
