@@ -34,7 +34,7 @@ import torch
 from softmax_lightning import functional as F
 from softmax_lightning.cli import make_cli, run_recipe  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule, find_raw_files
-from softmax_lightning.errors import UserError
+from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import write_json
 from softmax_lightning.profiling import PeakRSS
 
@@ -205,7 +205,7 @@ def main() -> int:
         find_raw_files(args.data_dir)
         results = measure(args, d2l_epochs)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"\n{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}   "
           f"(s/epoch: median over all epochs; total: per run)")

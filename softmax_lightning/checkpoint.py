@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from softmax_lightning.data import check_regular_file
-from softmax_lightning.errors import UserError
+from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import atomic_write_bytes, write_error
 
 LOGS = "lightning_logs"  # Lightning's run layout: <root>/lightning_logs/version_N/checkpoints/last.ckpt
@@ -60,14 +60,14 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict[str, An
             tensors and plain data (e.g. code), or holds non-finite weights.
     """
     path = Path(path)
-    if not check_regular_file(path, fix=f"pass {flag} with a .ckpt file written by scripts/train.py"):
+    if not check_regular_file(path, fix=f"pass {flag} with a .ckpt file written by scripts/train.py (or 'last')"):
         raise UserError(f"checkpoint {path} not found; pass {flag} with the path of a .ckpt file (or 'last')")
     try:
         with warnings.catch_warnings():  # a damaged file can also make torch warn: the one line below says it all
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged, truncated, or refused by the safe unpickler
-        reason = " ".join(str(e).split())[:120]
+        reason = one_line(e, 120)
         raise UserError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {reason}); it is damaged, "
                         f"not a checkpoint, or holds more than weights; pass {flag} with a .ckpt written by "
                         f"scripts/train.py") from None

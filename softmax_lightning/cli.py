@@ -49,7 +49,7 @@ from softmax_lightning.callbacks import SERIES, ChapterFigures
 from softmax_lightning.checkpoint import (LOGS, AtomicCheckpointIO, finished, newest_checkpoint, read_checkpoint,
                                           run_folder_of, run_versions)
 from softmax_lightning.data import FashionMNISTDataModule
-from softmax_lightning.errors import UserError
+from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import read_small_text, write_error, write_json
 from softmax_lightning.model import SoftmaxRegression
 
@@ -435,7 +435,7 @@ def check_config_files(args: list[str]) -> list[str]:
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as e:
-            raise UserError(f"config file {value} is not valid YAML ({' '.join(str(e).split())[:160]}); fix it or "
+            raise UserError(f"config file {value} is not valid YAML ({one_line(e, 160)}); fix it or "
                             f"pass another --config") from None
         if node is not None and _count_values(node, MAX_CONFIG_VALUES) < 0:
             raise UserError(f"config file {value} expands to more than {MAX_CONFIG_VALUES} values (YAML aliases); "
@@ -480,10 +480,6 @@ def _option(args: list[str], flag: str) -> str | None:
     return value
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def _stopped_message(signum: int, run_folder: RunFolder, args: list[str]) -> str:
     name = signal.Signals(signum).name
     if run_folder.has_checkpoint():
@@ -510,7 +506,7 @@ def main(args: list[str] | None = None) -> int:
             try:
                 cli = make_cli(check_config_files(args), run_folder)
             except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
-                raise UserError(f"bad configuration: {_one_line(e)} (see --help)") from None
+                raise UserError(f"bad configuration: {one_line(e)} (see --help)") from None
             if cli.recipe:
                 run_recipe(cli)
             code = 0
@@ -518,12 +514,12 @@ def main(args: list[str] | None = None) -> int:
             print(e)
             code = 0
         except UserError as e:
-            print(f"error: {_one_line(e)}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             code = 2
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise
-            print(f"error: {_one_line(write_error(e.filename or run_folder.path or 'the run folder', e))}",
+            print(f"error: {one_line(write_error(e.filename or run_folder.path or 'the run folder', e))}",
                   file=sys.stderr)
             code = 2
         except Stopped as e:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from softmax_lightning.errors import UserError
+from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import remove_stale_temp_files, temp_path, write_error
 
 CLASSES_EN = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -159,7 +159,7 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
                 FashionMNIST(str(data_dir), train=train, download=True)
             return raw
         except Exception as e:  # noqa: BLE001 - any network/IO failure means "this way did not work"
-            failed = f" (torchvision's download failed: {' '.join(str(e).split())[:120] or type(e).__name__})"
+            failed = f" (torchvision's download failed: {one_line(e, 120)})"
     raise UserError(f"Fashion-MNIST files not found ({', '.join(missing)} missing in {raw}){failed}; "
                     + HOW_TO_GET.format(raw=raw, sys=system_dir))
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from softmax_lightning import functional as F
 from softmax_lightning.data import FashionMNISTDataModule
-from softmax_lightning.errors import UserError
+from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.model import NonFiniteLossError, SoftmaxRegression
 from softmax_lightning.predict import bayes_decisions
 from softmax_lightning.profiling import PeakRSS
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 exercise5()
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

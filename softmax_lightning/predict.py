@@ -26,7 +26,7 @@ from torch import Tensor
 
 from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint
 from softmax_lightning.data import check_regular_file, class_names, find_raw_files, load_split
-from softmax_lightning.errors import UserError
+from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import read_small_text, write_error
 from softmax_lightning.model import SoftmaxRegression
 
@@ -47,7 +47,7 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> tuple[Softma
         model = SoftmaxRegression(**{k: v for k, v in hparams.items() if k in known})
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError, UserError) as e:
-        raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({' '.join(str(e).split())[:200]})") \
+        raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({one_line(e, 200)})") \
             from None
     model.eval()
     stats = (ckpt.get("FashionMNISTDataModule") or {}).get("input_stats")
@@ -93,10 +93,10 @@ def load_image(path: str | Path, invert: bool = False) -> Tensor:
                                     f"decodes; pass a smaller image")
                 px = _grayscale(ImageOps.exif_transpose(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"{path} is too large to decode ({' '.join(str(e).split())[:120]}); this tool decodes at most "
+        raise UserError(f"{path} is too large to decode ({one_line(e, 120)}); this tool decodes at most "
                         f"{MAX_PIXELS} pixels: pass a smaller image") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable image ({' '.join(str(e).split())[:120]}); pass a PNG or JPEG "
+        raise UserError(f"{path} is not a readable image ({one_line(e, 120)}); pass a PNG or JPEG "
                         f"file") from None
     if invert:
         px = 1 - px
@@ -169,12 +169,9 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UserError(f"--n must be in 1..10000 (the test split's size), got {args.n}")
     if args.reject_below is not None and not 0 <= args.reject_below <= 1:
         raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
-    if args.ckpt_path in (None, "last"):  # "last": the newest run's last.ckpt, as train.py's --ckpt_path last
-        ckpt = newest_checkpoint(args.root_dir)
-    else:
-        ckpt = Path(args.ckpt_path)
-        check_regular_file(ckpt, fix="pass --ckpt_path with a .ckpt file written by scripts/train.py (or 'last')")
-    model, stats = load_checkpoint(ckpt)
+    # "last": the newest run's last.ckpt, as train.py's --ckpt_path last
+    ckpt = newest_checkpoint(args.root_dir) if args.ckpt_path in (None, "last") else Path(args.ckpt_path)
+    model, stats = load_checkpoint(ckpt)  # refuses anything but a regular, safely loadable checkpoint file
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; name the PNG file to write")
     names = class_names(args.labels)
@@ -234,6 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predict(args)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
+import shlex
 import struct
 from pathlib import Path
 
@@ -66,3 +69,44 @@ def write_fake_split(raw: Path, n_train: int = 64, n_test: int = 32, seed: int =
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     return raw
+
+
+NOISE = ("GPU available", "TPU available", "HPU available")  # Lightning's own info lines, before training starts
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too), by relative path, with its checksum."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(err: str, *fragments: str) -> str:
+    """The single ``error:`` line on stderr (besides Lightning's device info), with no traceback, holding each
+    fragment."""
+    lines = [line for line in err.strip().splitlines() if not line.startswith(NOISE)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a hostile checkpoint carries."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return os.system, (self.cmd,)
+
+
+def craft_checkpoint(good: Path, path: Path, marker: Path) -> Path:
+    """A copy of the good checkpoint ``good`` (real weights and hyper-parameters) that also carries a ``Payload``
+    creating ``marker`` when unpickled unsafely."""
+    import torch
+
+    ckpt = torch.load(good, map_location="cpu", weights_only=True)
+    ckpt["callbacks"] = {"Payload": Payload(f"touch {shlex.quote(str(marker))}")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,25 +13,16 @@ import pytest
 
 import softmax_lightning.data as data_mod
 from softmax_lightning.cli import main
-from tests.conftest import ROOT, write_fake_split, write_idx
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.conftest import ROOT, one_error_line, snapshot, write_fake_split, write_idx
 
 
 def _expect_error(capsys, args: list[str], *fragments: str, watch: Path | None = None) -> str:
-    before = _snapshot(watch) if watch else {}
+    before = snapshot(watch) if watch else {}
     assert main([*args, "--trainer.enable_progress_bar=false"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in err if not line.startswith(("Seed set", "GPU available", "TPU available", "HPU"))]
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert "Traceback" not in err[0]
-    for fragment in fragments:
-        assert fragment in err[0], (fragment, err[0])
+    line = one_error_line(capsys.readouterr().err, *fragments)
     if watch:
-        assert _snapshot(watch) == before  # nothing deleted, repaired or overwritten
-    return err[0]
+        assert snapshot(watch) == before  # nothing deleted, repaired or overwritten
+    return line
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from PIL import Image
 from softmax_lightning import cli, data, exercises, predict
 from softmax_lightning.checkpoint import read_checkpoint
 from softmax_lightning.errors import UserError
-from tests.conftest import DATA_DIR, ROOT, write_fake_split, write_idx
+from tests.conftest import DATA_DIR, ROOT, craft_checkpoint, one_error_line, write_fake_split, write_idx
 
 SYSTEM_GZ = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IDX_NAMES = [n for pair in data.SPLIT_FILES.values() for n in pair]
@@ -87,14 +87,6 @@ def pids():
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_error_line(err: str) -> str:
-    """The single ``error:`` line that bad input must produce (and nothing else on stderr)."""
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def run_predict(*args, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -186,25 +178,6 @@ def write_gz_split(raw: Path, n_train: int = 64, n_test: int = 32) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------- 1. a crafted checkpoint never runs
-class Payload:
-    """Unpickling this runs a shell command (what a malicious .ckpt would carry)."""
-
-    def __init__(self, cmd: str) -> None:
-        self.cmd = cmd
-
-    def __reduce__(self):
-        return os.system, (self.cmd,)
-
-
-def craft_checkpoint(good: Path, path: Path, marker: Path) -> Path:
-    """A valid-looking checkpoint (the real state_dict and hyper-parameters) that also carries ``Payload``."""
-    ckpt = torch.load(good, map_location="cpu", weights_only=True)
-    ckpt["callbacks"] = {"Payload": Payload(f"touch {shlex.quote(str(marker))}")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return path
-
-
 def test_crafted_checkpoint_is_armed(tmp_path, ckpt):
     """The payload is real: an unsafe load of the crafted file does run it (so the tests below can fail)."""
     marker = tmp_path / "MARKER"

@@ -3,7 +3,6 @@ never share a run folder, signals and a full disk end in one line, and config fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -20,28 +19,10 @@ import torch
 
 from softmax_lightning.checkpoint import epochs_done
 from softmax_lightning.cli import RunFolder, main
-from tests.conftest import ROOT, run_dirs, run_train, train_args
+from tests.conftest import ROOT, craft_checkpoint, one_error_line, run_dirs, run_train, snapshot, train_args
 
 SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=10", "--trainer.limit_val_batches=2",
          "--trainer.log_every_n_steps=5"]
-NOISE = ("GPU available", "TPU available", "HPU available")  # Lightning's own info lines, before training starts
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) with its checksum."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error_line(err: str, *fragments: str) -> str:
-    """The single ``error:`` line on stderr (no traceback), holding each fragment."""
-    lines = [line for line in err.strip().splitlines() if not line.startswith(NOISE)]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 def expect_error(capsys, args: list[str], *fragments: str) -> str:
     """Run train.py's main in-process; it must exit 2 with one error line."""
     assert main(args) == 2
@@ -73,21 +54,9 @@ def last_ckpt(root: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- 1. security
-class Payload:
-    """Unpickling this runs a shell command: what a hostile checkpoint carries."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
-
-
 def test_a_crafted_checkpoint_never_runs_its_payload(tmp_path, copy, capsys):
-    marker, crafted = tmp_path / "PWNED", tmp_path / "crafted.ckpt"
-    ckpt = torch.load(last_ckpt(copy), weights_only=True)
-    ckpt["hyper_parameters"]["note"] = Payload(marker)  # otherwise a perfectly good checkpoint
-    torch.save(ckpt, crafted)
+    marker = tmp_path / "PWNED"
+    crafted = craft_checkpoint(last_ckpt(copy), tmp_path / "crafted.ckpt", marker)  # otherwise a good checkpoint
     out = subprocess.run([sys.executable, "scripts/train.py", *train_args(tmp_path / "new", f"--ckpt_path={crafted}")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and not marker.exists()
