@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -154,6 +155,7 @@ def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as root_dir:
         accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        accel += shlex.split(args.project_args)
         schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
                     ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
         if not args.skip_d2l and args.device == "cpu":
@@ -185,6 +187,10 @@ def main() -> int:
     parser.add_argument("--data.data_dir", "--data-dir", dest="data_dir", default="data",
                         help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir)")
     parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--project-args", default="",
+                        help="more scripts/train.py options for the project's runs, e.g. \"--trainer.logger false "
+                             "--trainer.enable_checkpointing false --trainer.enable_progress_bar false\" to time the "
+                             "module and data module in a bare Trainer")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped")
     args = parser.parse_args()
