@@ -34,7 +34,8 @@ import torch
 
 from softmax_lightning import functional as F
 from softmax_lightning.cli import make_cli, run_recipe  # the same CLI as scripts/train.py
-from softmax_lightning.data import FashionMNISTDataModule, find_raw_files
+from softmax_lightning.data import FashionMNISTDataModule
+from softmax_lightning.fashion_mnist import find_raw_files
 from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import write_json
 from softmax_lightning.profiling import PeakRSS

@@ -1,13 +1,17 @@
-"""``ChapterFigures``: the Lightning callback that shows the training, in files, TensorBoard and Jupyter.
+"""The Lightning callbacks that show the training: ``ChapterFigures`` (files, TensorBoard, Jupyter) and ``EpochLog``.
 
-Everything it draws comes through public APIs: the metrics the module logs (``trainer.callback_metrics``), the
+Everything they use comes through public APIs: the metrics the module logs (``trainer.callback_metrics``), the
 batches and outputs of validation (``on_validation_batch_end``) and the module's ``W``.
 
-* Per epoch (cheap): ``curves.png``, the chapter's Animator (shown inline, and updated in place, in a Jupyter
+``ChapterFigures``:
+* per epoch (cheap): ``curves.png``, the chapter's Animator (shown inline, and updated in place, in a Jupyter
   kernel); TensorBoard histograms of ``W`` and ``b`` and three small images: the templates, the first validation
-  images framed right/wrong, the validation confusion matrix.
-* At the end of fitting: the labelled ``weights.png``, ``predictions.png`` and ``confusion.png``, also logged to
+  images framed right/wrong, the validation confusion matrix;
+* at the end of fitting: the labelled ``weights.png``, ``predictions.png`` and ``confusion.png``, also logged to
   TensorBoard under ``figures/``.
+
+Everything in TensorBoard sits on Lightning's x-axis, the global step (235 per epoch); ``curves.png`` keeps the
+chapter's epoch axis.
 """
 
 from __future__ import annotations
@@ -16,16 +20,22 @@ import io
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from softmax_lightning import figures
 from softmax_lightning.data import class_names
+from softmax_lightning.errors import UserError
 
-SERIES = ("train_loss", "train_acc", "val_loss", "val_acc")  # the logged metrics a history row keeps
+TRAIN, VAL = ("train_loss", "train_acc"), ("val_loss", "val_acc")
+SERIES = (*TRAIN, *VAL)  # the logged metrics a history row keeps
+MAX_IMAGES = 64  # the prediction grid's limit: more would not be readable
 
 
 def _add_summary(tb, summary, step: int | None = None) -> None:
@@ -76,64 +86,109 @@ def _jupyter_display():
     return display
 
 
+class EpochRows:
+    """One row per finished training epoch, built from what the module logs; shared by ``ChapterFigures`` and
+    ``EpochLog``.
+
+    The module logs an epoch's train metrics in its own ``on_train_epoch_end``, which Lightning calls after the
+    (non-checkpoint) callbacks' ``on_train_epoch_end``. So a row is completed at the first moment after that: the next
+    epoch's start, the end of training, or a checkpoint being saved (``complete``). Validation values are taken when
+    each validation ends (``on_validation_end``), so an epoch without validation has none, and a run resumed from a
+    checkpoint saved at validation end (before the epoch's end) still has them.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.pending: dict[str, float] = {}  # this epoch's values known so far (its last validation's)
+        self.ended = 0  # epochs whose training part has ended
+        self.start = time.perf_counter()  # when this epoch started (shifted back on resume by the time it had run)
+
+    def validation_ended(self, trainer: L.Trainer) -> None:
+        self.pending.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in VAL})
+
+    def epoch_ended(self, trainer: L.Trainer) -> None:
+        self.ended = trainer.current_epoch + 1  # (current_epoch counts up after the epoch-end hooks)
+
+    def complete(self, trainer: L.Trainer) -> dict[str, float] | None:
+        """Append the row of the epoch whose training has ended, if its train metrics are logged; return it."""
+        train = {k: float(v) for k, v in trainer.callback_metrics.items() if k in TRAIN}
+        if self.ended <= len(self.rows) or not train:
+            return None
+        row = {"epoch": self.ended, **train, **self.pending, "seconds": round(time.perf_counter() - self.start, 3)}
+        self.rows.append(row)
+        return row
+
+    def epoch_started(self) -> None:
+        self.pending, self.start = {}, time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.rows), "pending": dict(self.pending),
+                "seconds_so_far": time.perf_counter() - self.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state.get("history", []))
+        self.pending = dict(state.get("pending", {}))
+        self.ended = len(self.rows)
+        self.start = time.perf_counter() - float(state.get("seconds_so_far", 0.0))
+
+
 class ChapterFigures(L.Callback):
     """Writes the chapter's pictures into the run folder and TensorBoard, and keeps the per-epoch history.
 
     Args:
         labels: class names in figures, ``"en"`` or ``"zh"`` (the chapter's Chinese names; needs a CJK font).
-        n_images: how many of the first validation images the prediction grid shows (the chapter: 16). With the
-            default data module, validation is the test split, so these are the chapter's first test images.
+        n_images: how many of the first validation images the prediction grid shows (the chapter: 16), 1 to 64.
+            With the default data module, validation is the test split, so these are the chapter's first test images.
+        val_name: what the validation split is called in the figures: ``"val"``, or ``"test"`` when validation runs
+            on the test split (the chapter's "test acc" curve).
 
     Attributes:
         history: one row per finished epoch, from the logged metrics: ``epoch`` (1-based), ``train_loss``,
-            ``train_acc``, ``val_loss``, ``val_acc`` and ``seconds`` (wall time of the epoch, validation included).
-            Saved in checkpoints, so a resumed run keeps its whole history.
+            ``train_acc``, ``val_loss`` and ``val_acc`` (when the epoch validated) and ``seconds`` (wall time of the
+            epoch, validation included). Saved in every checkpoint (``state_dict``), so a resumed run keeps its whole
+            history.
     """
 
-    def __init__(self, labels: str = "en", n_images: int = 16) -> None:
+    def __init__(self, labels: str = "en", n_images: int = 16, val_name: str = "val") -> None:
         class_names(labels)  # validate early
-        self.labels, self.n_images = labels, n_images
-        self.history: list[dict[str, float]] = []
+        if not 1 <= n_images <= MAX_IMAGES:
+            raise UserError(f"n_images must be in 1..{MAX_IMAGES}, got {n_images} (--figures.n_images)")
+        if val_name not in ("val", "test"):
+            raise UserError(f"val_name must be 'val' or 'test', got {val_name!r}")
+        self.labels, self.n_images, self.val_name = labels, n_images, val_name
+        self.rows = EpochRows()
         self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # the first n validation images and labels
         self.confusion: torch.Tensor | None = None  # the last validation confusion matrix (true rows)
+        self._trainer: L.Trainer | None = None
+        self._run: Path | None = None  # the run folder (rank 0, with a logger)
         self._confmat: MulticlassConfusionMatrix | None = None  # made for the model's number of classes
-        self._epochs_ended = 0  # epochs whose training part has ended (this callback's on_train_epoch_end)
         self._curves: figures.CurvesPlot | None = None
         self._display = None  # the live curves' handle in a Jupyter notebook
-        self._epoch_start = time.perf_counter()
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.rows.rows
 
     # ------------------------------------------------------------------ run folder and history
-    @staticmethod
-    def _run_dir(trainer: L.Trainer) -> Path | None:
-        """The logger's run folder on rank 0 (``None`` without a logger, under ``fast_dev_run``, or on other ranks).
-
-        Every rank must call it: ``trainer.log_dir`` broadcasts from rank 0.
-        """
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Keep the trainer (as Lightning's own progress bars do) and find the run folder, on every rank:
+        ``trainer.log_dir`` broadcasts from rank 0."""
+        self._trainer = trainer
         log_dir = trainer.log_dir if trainer.loggers and not trainer.fast_dev_run else None
-        return Path(log_dir) if log_dir and trainer.is_global_zero else None
+        self._run = Path(log_dir) if log_dir and trainer.is_global_zero else None
 
     def _record_epoch(self, trainer: L.Trainer) -> None:
-        """Append the row of the epoch whose training just ended, if not yet kept, and redraw the curves.
+        """Complete the row of the epoch whose training ended, if not yet kept, and redraw the curves."""
+        if self.rows.complete(trainer) is not None:
+            self._save_curves(trainer.max_epochs)
 
-        The module logs an epoch's metrics in its own ``on_train_epoch_end``, which Lightning calls after this
-        callback's and before the checkpoint callbacks'. So the row is taken when the epoch's checkpoint is saved
-        (``on_save_checkpoint``), at the next epoch's start, or at the end of training, whichever comes first; a
-        checkpoint saved mid-epoch adds no row.
-        """
-        done = self._epochs_ended
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in SERIES}
-        if done <= len(self.history) or not metrics:
-            return
-        self.history.append({"epoch": done, **metrics, "seconds": round(time.perf_counter() - self._epoch_start, 3)})
-        self._save_curves(self._run_dir(trainer), trainer.max_epochs)
-
-    def _save_curves(self, run: Path | None, max_epochs: int) -> None:
+    def _save_curves(self, max_epochs: int) -> None:
         """Redraw ``curves.png`` from the history; in a Jupyter kernel, also show it (the first time) or update it."""
-        if run is None or not self.history:
+        if self._run is None or not self.history:
             return
         if self._curves is None:
             self._curves = figures.CurvesPlot(max_epochs)
-        png = self._curves.save(self.history, run / "curves.png")
+        png = self._curves.save(self.history, self._run / "curves.png")
         display = _jupyter_display()
         if display is not None:  # the chapter's Animator: one figure in the notebook, updated in place
             from IPython.display import Image
@@ -145,25 +200,28 @@ class ChapterFigures(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record_epoch(trainer)
-        self._epoch_start = time.perf_counter()
+        self.rows.epoch_started()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epochs_ended = trainer.current_epoch + 1  # (current_epoch counts up after the epoch-end hooks)
+        self.rows.epoch_ended(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record_epoch(trainer)
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        """Keep what a resumed run needs to finish its figures: the history (this epoch's row included), the
-        prediction grid's images and the last confusion matrix."""
-        self._record_epoch(trainer)
-        checkpoint["chapter_figures"] = {"history": self.history, "sample": self.sample, "confusion": self.confusion}
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self.rows.validation_ended(trainer)
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        state = checkpoint.get("chapter_figures", {})
-        self.history = list(state.get("history", []))
-        self._epochs_ended = len(self.history)
-        self.sample, self.confusion = state.get("sample"), state.get("confusion")
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the history (with the row of an epoch that has just ended), the values of the
+        epoch in progress, the prediction grid's images and the last confusion matrix."""
+        if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            self._record_epoch(self._trainer)
+        return {**self.rows.state_dict(), "sample": self.sample, "confusion": self.confusion}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows.load_state_dict(state_dict)
+        self.sample, self.confusion = state_dict.get("sample"), state_dict.get("confusion")
 
     # ------------------------------------------------------------------ per epoch
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -196,7 +254,7 @@ class ChapterFigures(L.Callback):
         self._confmat.to(pl_module.device)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Histograms and images of this epoch, at x = epoch (1-based)."""
+        """Histograms and images of this validation, at x = the global step."""
         if trainer.sanity_checking or self._confmat is None or not self._confmat.update_count:
             return
         self.confusion = self._confmat.compute().cpu()  # reduced over DDP ranks
@@ -204,12 +262,12 @@ class ChapterFigures(L.Callback):
         tb = _tensorboard(trainer)
         if tb is None or trainer.state.fn != TrainerFn.FITTING:
             return
-        step = trainer.current_epoch + 1
-        tb.add_histogram("W", pl_module.W.detach().cpu(), step)
-        tb.add_histogram("b", pl_module.b.detach().cpu(), step)
+        step = trainer.global_step
+        tb.add_histogram("W", pl_module.W.detach().float().cpu(), step)
+        tb.add_histogram("b", pl_module.b.detach().float().cpu(), step)
         X, y = self.sample
         with torch.no_grad():
-            preds = pl_module(X.to(pl_module.device)).argmax(1).cpu()
+            preds = pl_module(X.to(pl_module.device, pl_module.dtype)).argmax(1).cpu()
         for tag, image in (("templates", figures.templates_image(pl_module.W)),
                            ("predictions", figures.predictions_image(X.reshape(-1, 28, 28), y, preds)),
                            ("confusion", figures.confusion_image(self.confusion))):
@@ -222,21 +280,61 @@ class ChapterFigures(L.Callback):
         ``on_fit_end`` also runs when a finished run is resumed and nothing is left to train: the figures are then
         drawn from the state restored from the checkpoint.
         """
-        run = self._run_dir(trainer)
-        if run is None:
+        if self._run is None:
             return
         if self._curves is None:  # nothing was trained in this process (a finished run, resumed)
-            self._save_curves(run, trainer.max_epochs)
+            self._save_curves(trainer.max_epochs)
         figs = {"weights": figures.plot_weights(pl_module.W, self.labels)}
         if self.sample is not None:
             X, y = self.sample
             with torch.no_grad():
-                conf, preds = pl_module(X.to(pl_module.device)).max(1)
-            figs["predictions"] = figures.plot_predictions(X, y, preds.cpu(), self.labels, conf.cpu())
+                conf, preds = pl_module(X.to(pl_module.device, pl_module.dtype)).max(1)
+            figs["predictions"] = figures.plot_predictions(X, y, preds.cpu(), self.labels, conf.float().cpu())
         if self.confusion is not None:
             figs["confusion"] = figures.plot_confusion(self.confusion, self.labels)
         tb = _tensorboard(trainer)
         for name, fig in figs.items():
-            png = figures.save_png(fig, run / f"{name}.png")
+            png = figures.save_png(fig, self._run / f"{name}.png")
             if tb is not None:  # the same PNG, without rendering or encoding the figure twice
-                _add_png(tb, f"figures/{name}", png, trainer.current_epoch)
+                _add_png(tb, f"figures/{name}", png, trainer.global_step)
+
+
+class EpochLog(ProgressBar):
+    """Lightning's progress bar for logs: one plain line per epoch, and no carriage-return redraws.
+
+    The training script uses it instead of the TQDM bar when stdout is not a terminal (a file, a pipe, CI, a
+    scheduler). Each line holds the epoch, the train loss and accuracy, the val accuracy and the epoch's seconds; it is
+    written when the epoch's metrics are all logged (the next epoch's start, or the end of training).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = EpochRows()
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _print_row(self, trainer: L.Trainer) -> None:
+        row = self.rows.complete(trainer)
+        if row is None or not self._enabled:
+            return
+        values = "  ".join(f"{k} {row[k]:.4f}" for k in SERIES if k != "val_loss" and k in row)
+        print(f"epoch {row['epoch']}/{trainer.max_epochs}  {values}  {row['seconds']:.1f} s", flush=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print_row(trainer)
+        self.rows.epoch_started()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows.epoch_ended(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self.rows.validation_ended(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print_row(trainer)

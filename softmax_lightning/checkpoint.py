@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from softmax_lightning.data import check_regular_file
+from softmax_lightning.io import check_regular_file
 from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import atomic_write_bytes, write_error
 

@@ -3,8 +3,8 @@
 * Atomic writes: data goes to a temp file beside the target, then one rename, so a crash (even SIGKILL) never leaves a
   half-written ``metrics.json``, figure or checkpoint. Temp files left behind by a killed process are removed the next
   time anything is written to the same folder.
-* Inputs: a file the user names (a config, a cost matrix) must be a regular file of bounded size, so that a FIFO or
-  ``/dev/zero`` can never hang or fill memory.
+* Inputs: a file the user names (data, a config, a cost matrix, an image) must be a regular file (of bounded size,
+  where the tool reads it whole), so that a FIFO or ``/dev/zero`` can never hang or fill memory.
 * Errors: a failed write becomes one line that says where (and whether the disk is full), never a traceback.
 """
 
@@ -14,7 +14,9 @@ import errno
 import json
 import os
 import re
+import signal
 import stat
+import sys
 from pathlib import Path
 
 from softmax_lightning.errors import UserError
@@ -51,6 +53,29 @@ def remove_stale_temp_files(folder: Path) -> None:
         m = _TMP.fullmatch(p.name)
         if m and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
             p.unlink(missing_ok=True)
+
+
+def check_regular_file(path: Path, fix: str | None = None) -> bool:
+    """Whether ``path`` exists; refuse (``UserError``) anything there that is not a regular file or a link to one.
+
+    A FIFO or device would be read without end, and a folder or a broken link where a data file belongs is the
+    user's: it is never replaced by a freshly unpacked copy.
+
+    Args:
+        fix: how to fix it, for the message (default: the advice for an IDX data file).
+    """
+    if not os.path.lexists(path):
+        return False
+    try:
+        mode = os.stat(path).st_mode  # follows links
+    except OSError:
+        raise UserError(f"{path} is a broken link; {fix or 'point it at the IDX file (this tool never replaces it)'}") \
+            from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise UserError(f"{path} is {kind}, not a regular file; "
+                        f"{fix or 'put the IDX file there instead (this tool never replaces it)'}")
+    return True
 
 
 def write_error(path: str | Path, e: OSError) -> UserError:
@@ -112,3 +137,13 @@ def read_small_text(path: str | Path, what: str, flag: str, max_bytes: int = 1 <
     except UnicodeDecodeError as e:
         raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as plain text and pass it with "
                         f"{flag}") from None
+
+
+def broken_pipe_exit() -> int:
+    """For a ``BrokenPipeError`` on stdout (``tool | head``): point stdout at ``os.devnull``, so that the interpreter's
+    last flush cannot fail again ("Exception ignored ..."), and return 141 (128 + SIGPIPE), the status with which
+    ``cat`` or ``grep`` end there. Nothing is printed."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + getattr(signal, "SIGPIPE", 13)

@@ -28,11 +28,12 @@ from softmax_lightning.optim import ChapterSGD
 
 STAGES = ("train", "val", "test")
 DIVERGED = 1e6  # a per-sample cross-entropy above this (p(true class) < e^-1000000) means training has blown up
+HALF = (torch.float16, torch.bfloat16)
 
 
 class NonFiniteLossError(UserError):
-    """Training diverged (a nan/inf or astronomically large loss); raised before the update, so the last good
-    checkpoint stays."""
+    """Training diverged (a nan/inf or astronomically large loss, or a gradient that is not finite); raised before
+    the update, so the weights and the last checkpoint stay as they were."""
 
 
 class SoftmaxRegression(L.LightningModule):
@@ -87,7 +88,8 @@ class SoftmaxRegression(L.LightningModule):
         for stage in STAGES:
             self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")  # non-finite losses stop training
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_outputs, average="micro", validate_args=False)
-        self.samples_seen = 0  # training samples this process has stepped on over the whole run (resume included)
+        for name in ("train_loss", "train_acc"):  # saved in checkpoints: a run resumed in the middle of an epoch (or
+            self.metrics[name].persistent(True)  # before its end-of-epoch hooks) still averages the whole epoch
 
     # ------------------------------------------------------------------ 4. the model
     def logits(self, X: Tensor) -> Tensor:
@@ -114,28 +116,39 @@ class SoftmaxRegression(L.LightningModule):
         """
         X, y = batch
         opt = self.optimizers()
+        opt.zero_grad()  # Lightning's pattern: a step skipped by a mixed-precision grad scaler leaves no stale grads
         logits = self.logits(X)  # (batch, 10)
         l = self.loss(logits, y)  # (batch,)
-        total = l.sum()
-        self._stop_if_diverged(total.item() / len(y))  # one host sync: a float check is cheaper than a tensor op
-        self.manual_backward(total)  # the chapter's l.sum().backward()
+        self.manual_backward(l.sum())  # the chapter's l.sum().backward()
+        self._stop_if_diverged(l)
         opt.step(batch_size=len(y))  # the chapter's updater(X.shape[0]): param -= lr * grad / batch_size; zero grad
         if (sched := self.lr_schedulers()) is not None:  # manual optimization: schedulers are stepped here
             sched.step()
-        self.samples_seen += len(y)
         self._update_metrics("train", l, logits, y)
-        return total.detach() / len(y)  # mean loss per sample: what tools such as the LR finder read
+        return l.detach().mean()  # mean loss per sample: what tools such as the LR finder read
 
-    def _stop_if_diverged(self, loss: float) -> None:
-        """Raise before the update when the loss is nan, inf or beyond ``DIVERGED`` on any rank (all ranks agree, so
-        under DDP none is left waiting for the others' gradients)."""
-        diverged = not math.isfinite(loss) or loss > DIVERGED
+    def _stop_if_diverged(self, l: Tensor) -> None:
+        """Raise before the update when, on any rank, the mean loss is nan, inf or beyond ``DIVERGED``, or a gradient
+        is not finite (all ranks agree, so under DDP none is left waiting).
+
+        The gradient check matters on its own: the chapter's naive path can give a finite, correct loss whose
+        gradient is already ``nan`` (exercise 2). Under ``16-mixed`` the gradients are scaled and may overflow on
+        purpose: the grad scaler skips those steps itself, so only the loss is checked there.
+        """
+        checks = [l.detach().mean()]  # and the largest |gradient| of W and b (nan and inf survive amax)
+        if self.trainer.precision != "16-mixed":
+            checks += [p.grad.detach().abs().amax() for p in (self.W, self.b) if p.grad is not None]
+        loss, *grad_max = torch.stack([t.float() for t in checks]).tolist()  # one host sync per step
+        grads_finite = all(math.isfinite(g) for g in grad_max)
+        diverged = not math.isfinite(loss) or loss > DIVERGED or not grads_finite
         if self.trainer.strategy.reduce_boolean_decision(diverged, all=False):
+            what = f"the mean loss became {loss:.4g}" if grads_finite or not math.isfinite(loss) else \
+                f"the gradient is not finite (the mean loss is still {loss:.4g})"
             raise NonFiniteLossError(
-                f"training diverged: the mean loss became {loss:.4g} at epoch {self.current_epoch}, step "
-                f"{self.global_step}; the weights were not updated and the last checkpoint (if any) is intact. Try "
-                f"--model.softmax stable and/or a smaller --model.lr (now {self.hparams.lr:g}) or --model.init_std "
-                f"(now {self.hparams.init_std:g})")
+                f"training diverged: {what} at epoch {self.current_epoch}, step {self.global_step}; this step was not "
+                f"applied, so the weights and the last checkpoint (if any) are as before it. Try --model.softmax "
+                f"stable and/or a smaller --model.lr (now {self.hparams.lr:g}) or --model.init_std (now "
+                f"{self.hparams.init_std:g})")
 
     def _update_metrics(self, stage: str, l: Tensor, logits: Tensor, y: Tensor) -> None:
         """Feed one batch to the stage's metric objects (the chapter's ``metric.add(l.sum(), accuracy, y.numel())``)."""
@@ -164,16 +177,20 @@ class SoftmaxRegression(L.LightningModule):
 
     # ------------------------------------------------------------------ logging, once per epoch
     def _log_epoch(self, stage: str) -> None:
-        """Log ``{stage}_loss`` (mean per sample) and ``{stage}_acc`` once per epoch.
+        """Log ``{stage}_loss`` (mean per sample) and ``{stage}_acc`` once per epoch, at Lightning's x-axis (the
+        global step).
 
         The metric objects are logged themselves: Lightning calls ``compute()`` (reduced over DDP ranks) and resets
-        them for the next epoch. While fitting, logging ``step`` (Lightning's key for the x-axis) makes the epoch,
-        1-based, the x-axis in TensorBoard and CSV logs, as in the chapter's Animator.
+        them for the next epoch.
         """
-        if stage != "test":
-            self.log("step", float(self.current_epoch + 1))
         for name in (f"{stage}_loss", f"{stage}_acc"):  # the bar shows val: train's arrive after its last redraw
             self.log(name, self.metrics[name], prog_bar=stage == "val")
+
+    def on_train_epoch_start(self) -> None:
+        """A new epoch starts from empty train metrics (a checkpoint saved at an epoch's end may hold its sums;
+        Lightning does not call this hook when it resumes in the middle of an epoch, whose sums it restored)."""
+        for name in ("train_loss", "train_acc"):
+            self.metrics[name].reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -184,22 +201,32 @@ class SoftmaxRegression(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["samples_seen"] = self.samples_seen
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.samples_seen = checkpoint.get("samples_seen", 0)
-
     # ------------------------------------------------------------------ 7. the hand-written SGD
     def configure_optimizers(self):
+        if self.W.dtype in HALF:  # Lightning has already converted the module for --trainer.precision here
+            raise UserError(
+                f"precision {self.trainer.precision!r} keeps W and b in {str(self.W.dtype).removeprefix('torch.')}, "
+                f"where the SGD update lr * grad / batch_size (about 1e-5) rounds away; use --trainer.precision "
+                f"bf16-mixed or 16-mixed (float32 weights, half-precision arithmetic) or 32-true")
         hp = self.hparams
         opt = ChapterSGD([self.W, self.b], lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
                          weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return opt
-        total = self.trainer.estimated_stepping_batches  # SGD steps in the whole run (one per batch)
-        if not math.isfinite(total):
+        if self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
             raise UserError("lr_schedule cosine needs a finite run: set --trainer.max_epochs or --trainer.max_steps")
-        cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) /
-                                                                                          total)))
-        return {"optimizer": opt, "lr_scheduler": cosine}  # stepped per batch in training_step
+        run: dict[str, float] = {}
+
+        def cosine(step: int) -> float:
+            """The lr factor after ``step`` SGD steps: from 1 down to 0 at the run's last step, along a half cosine."""
+            if step == 0:
+                return 1.0
+            # Read at the first step rather than above: reading estimated_stepping_batches in configure_optimizers
+            # makes Lightning set up the training data before it restores a checkpoint, and the loader's place in
+            # the epoch is then not restored (Lightning issue #20550).
+            if "total" not in run:
+                run["total"] = self.trainer.estimated_stepping_batches  # SGD steps in the whole run
+            return 0.5 * (1 + math.cos(math.pi * min(step, run["total"]) / run["total"]))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        return {"optimizer": opt, "lr_scheduler": scheduler}  # stepped per batch in training_step

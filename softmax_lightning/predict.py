@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 
 from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint
-from softmax_lightning.data import check_regular_file, class_names, find_raw_files, load_split
+from softmax_lightning.data import class_names
+from softmax_lightning.fashion_mnist import find_raw_files, load_split
+from softmax_lightning.io import check_regular_file
 from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.io import read_small_text, write_error
 from softmax_lightning.model import SoftmaxRegression

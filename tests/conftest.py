@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from softmax_lightning.cli import main
-from softmax_lightning.data import find_raw_files
+from softmax_lightning.fashion_mnist import find_raw_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"

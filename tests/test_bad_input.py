@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import softmax_lightning.data as data_mod
+import softmax_lightning.fashion_mnist as data_mod
 from softmax_lightning.cli import main
 from tests.conftest import ROOT, one_error_line, snapshot, write_fake_split, write_idx
 

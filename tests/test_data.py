@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from softmax_lightning.data import (CLASSES_EN, CLASSES_ZH, EpochShuffle, FashionMNISTDataModule, InMemoryDataset,
-                                    as_batch, class_names, load_split)
+                                    as_batch, class_names)
+from softmax_lightning.fashion_mnist import load_split
 
 
 def test_batches_shapes_ranges_and_counts(data_dir):

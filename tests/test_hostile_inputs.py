@@ -34,7 +34,8 @@ import pytest
 import torch
 from PIL import Image
 
-from softmax_lightning import cli, data, exercises, predict
+from softmax_lightning import cli, exercises, predict
+from softmax_lightning import fashion_mnist as data
 from softmax_lightning.checkpoint import read_checkpoint
 from softmax_lightning.errors import UserError
 from tests.conftest import DATA_DIR, ROOT, craft_checkpoint, one_error_line, write_fake_split, write_idx

@@ -109,6 +109,7 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     got = torch.load(out, weights_only=True)
     assert torch.equal(got["per_rank"][0], got["per_rank"][1])  # identical weights on both ranks
+    assert got["samples_per_rank"].tolist() == [256, 256]  # each rank stepped on its half of the global batch
     # the same step by hand: both ranks' first batches form one global batch of 512
     torch.manual_seed(0)
     W = torch.normal(0, 0.01, size=(784, 10)).requires_grad_()
@@ -133,11 +134,26 @@ def test_two_process_ddp_training_run(tmp_path, data_dir):
     written = list((tmp_path / "ddp").glob("lightning_logs/version_*/metrics.json"))
     assert len(written) == 1  # one run, written by rank 0 only
     m = json.loads(written[0].read_text())
-    assert m["world_size"] == 2 and m["ranks_weights_equal"] is True
-    assert m["train_samples_per_rank"] == [3 * 30000, 3 * 30000]  # each rank saw half of every epoch
+    assert m["world_size"] == 2 and len(m["history"]) == 3
     assert m["global_step"] == 3 * 118  # ceil(30000 / 256) steps per epoch on each rank
     single = run_train(tmp_path / "single", "--trainer.max_epochs=3", "--data.batch_size=512")  # same global batch
     assert abs(m["test_acc"] - single["test_acc"]) <= 0.01
+
+
+def test_three_process_evaluation_counts_every_image_once(tmp_path, data_dir):
+    """10,000 images on 3 ranks: no rank pads its share with repeats, so accuracy, loss and the confusion matrix
+    equal the single process's (accuracy and counts exactly)."""
+    out = tmp_path / "eval.pt"
+    res = _run_ddp([sys.executable, "tests/ddp_eval_check.py", str(out), str(DATA_DIR), "3"],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    ddp = torch.load(out, weights_only=True)
+    subprocess.run([sys.executable, "tests/ddp_eval_check.py", str(out), str(DATA_DIR), "1"], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    single = torch.load(out, weights_only=True)
+    assert int(ddp["confusion"].sum()) == 10000 and torch.equal(ddp["confusion"], single["confusion"])
+    assert ddp["val_acc"] == single["val_acc"] and ddp["test_acc"] == single["test_acc"]
+    assert abs(ddp["test_loss"] - single["test_loss"]) < 1e-6
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):

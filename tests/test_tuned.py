@@ -2,7 +2,8 @@
 
 import torch
 
-from softmax_lightning.data import FashionMNISTDataModule, load_split
+from softmax_lightning.data import FashionMNISTDataModule
+from softmax_lightning.fashion_mnist import load_split
 from softmax_lightning.predict import load_checkpoint
 from tests.conftest import DATA_DIR, run_train
 
