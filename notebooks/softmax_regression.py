@@ -311,8 +311,9 @@ print(inspect.getsource(SoftmaxRegression.training_step))
 #
 # A word on names: Lightning evaluates a *validation* set after each epoch and calls its numbers `val_loss` and
 # `val_acc`. With the default data module (`val_size=0`) the validation set **is the test split**, as in the
-# chapter, so `val_acc` is the chapter's "test acc". (`--data.val_size 5000` holds out 5000 training images for
-# validation instead, and the test split is then touched only by `trainer.test`.)
+# chapter, so `val_acc` is the chapter's "test acc". (`FashionMNISTDataModule(val_size=5000)`, or
+# `--data.val_size 5000` for `scripts/train.py`, holds out 5000 training images for validation instead; the test
+# split is then touched only by `trainer.test`.)
 
 # %%
 class EpochBar(TQDMProgressBar):

@@ -353,7 +353,7 @@ def _draw(args, X, y, preds, probs, logits, W, Xs, photos, grid_png, explain_png
         captions = None
         if photos:
             inverted = figures.TEXT[figures.figure_language(args.labels)]["inverted"]
-            captions = [_short(Path(p).name) + (f"\n({inverted})" if ph.inverted else "")
+            captions = [_short(Path(p).name) + (f"\n{inverted}" if ph.inverted else "")
                         for p, ph in zip(args.images, photos)]
         fig = figures.plot_explain(X[:k], logits[:k], evidence(Xs[:k], W), args.labels, captions=captions,
                                    trues=None if y is None else y[:k])
@@ -389,7 +389,8 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
     w = max(display_width(n) for n in names) + 1  # one column width for every class name
     if photos:
         iw = max(display_width(str(r["image"])) for r in records)
-        print((pad("image", iw) + "  " + "".join(pad(h, w) + f"{'p':>6}  " for h in ("top 1", "top 2", "top 3"))).rstrip())
+        heads = "".join(pad(h, w) + f"{'p':>6}  " for h in ("top 1", "top 2", "top 3"))
+        print((pad("image", iw) + "  " + heads).rstrip())
         for r in records:
             print(pad(str(r["image"]), iw) + "  " +
                   "".join(pad(t["class"], w) + f"{t['probability']:6.3f}  " for t in r["top3"]).rstrip())
