@@ -7,8 +7,9 @@ batches and outputs of validation (``on_validation_batch_end``) and the module's
 * per epoch (cheap): ``curves.png``, the chapter's Animator (shown inline, and updated in place, in a Jupyter
   kernel); TensorBoard histograms of ``W`` and ``b`` and three small images: the templates, the first validation
   images framed right/wrong, the validation confusion matrix;
-* at the end of fitting: the labelled ``weights.png``, ``predictions.png`` and ``confusion.png``, also logged to
-  TensorBoard under ``figures/``.
+* at the end of fitting: the labelled ``weights.png``, ``predictions.png``, ``confusion.png`` and
+  ``confusions.png`` (the three most-confused pairs: the difference of their templates, and validation images taken
+  for one another), also logged to TensorBoard under ``figures/``.
 
 Everything in TensorBoard sits on Lightning's x-axis, the global step (235 per epoch); ``curves.png`` keeps the
 chapter's epoch axis.
@@ -30,6 +31,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from softmax_lightning import figures
+from softmax_lightning.confusions import ConfusionExamples, most_confused_pairs
 from softmax_lightning.data import class_names
 from softmax_lightning.errors import UserError
 
@@ -159,6 +161,7 @@ class ChapterFigures(L.Callback):
         self.rows = EpochRows()
         self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # the first n validation images and labels
         self.confusion: torch.Tensor | None = None  # the last validation confusion matrix (true rows)
+        self.mistakes = ConfusionExamples(per_pair=4)  # a few images per (true, predicted) mistake, last validation
         self._trainer: L.Trainer | None = None
         self._run: Path | None = None  # the run folder (rank 0, with a logger)
         self._confmat: MulticlassConfusionMatrix | None = None  # made for the model's number of classes
@@ -187,7 +190,7 @@ class ChapterFigures(L.Callback):
         if self._run is None or not self.history:
             return
         if self._curves is None:
-            self._curves = figures.CurvesPlot(max_epochs)
+            self._curves = figures.CurvesPlot(max_epochs, val_label=f"{self.val_name} acc")
         png = self._curves.save(self.history, self._run / "curves.png")
         display = _jupyter_display()
         if display is not None:  # the chapter's Animator: one figure in the notebook, updated in place
@@ -217,11 +220,14 @@ class ChapterFigures(L.Callback):
         epoch in progress, the prediction grid's images and the last confusion matrix."""
         if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
             self._record_epoch(self._trainer)
-        return {**self.rows.state_dict(), "sample": self.sample, "confusion": self.confusion}
+        return {**self.rows.state_dict(), "sample": self.sample, "confusion": self.confusion,
+                "mistakes": self.mistakes.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows.load_state_dict(state_dict)
         self.sample, self.confusion = state_dict.get("sample"), state_dict.get("confusion")
+        if "mistakes" in state_dict:
+            self.mistakes.load_state_dict(state_dict["mistakes"])
 
     # ------------------------------------------------------------------ per epoch
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -245,10 +251,13 @@ class ChapterFigures(L.Callback):
             return
         X, y = batch
         self._confmat.update(outputs, y)  # (made in on_validation_start)
+        self.mistakes.update(X, y, outputs)
         if batch_idx == 0 and dataloader_idx == 0:
             self.sample = (X[: self.n_images].detach().cpu().clone(), y[: self.n_images].cpu().clone())  # own storage
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.mistakes.reset()
         if self._confmat is None:
             self._confmat = MulticlassConfusionMatrix(pl_module.W.shape[1], validate_args=False)
         self._confmat.to(pl_module.device)
@@ -292,6 +301,8 @@ class ChapterFigures(L.Callback):
             figs["predictions"] = figures.plot_predictions(X, y, preds.cpu(), self.labels, conf.float().cpu())
         if self.confusion is not None:
             figs["confusion"] = figures.plot_confusion(self.confusion, self.labels)
+            figs["confusions"] = figures.plot_confusions(pl_module.W, most_confused_pairs(self.confusion),
+                                                         self.mistakes.examples, self.labels, matrix=self.confusion)
         tb = _tensorboard(trainer)
         for name, fig in figs.items():
             png = figures.save_png(fig, self._run / f"{name}.png")

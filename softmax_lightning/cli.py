@@ -45,7 +45,7 @@ from softmax_lightning.checkpoint import (LOGS, AtomicCheckpointIO, finished, ne
                                           run_folder_of)
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import broken_pipe_exit, write_error, write_json
+from softmax_lightning.io import exit_quietly_on_broken_pipe, write_error, write_json
 from softmax_lightning.model import SoftmaxRegression
 from softmax_lightning.options import check_config_files, check_options, check_trainer
 from softmax_lightning.runs import FIGURES, RunFolder, complete_outputs
@@ -354,6 +354,7 @@ def _resume_hint(run_folder: RunFolder, subcommand: str | None) -> str:
             f"{shlex.join(['python', 'scripts/train.py', *sub, '--ckpt_path', str(ckpt)])}")
 
 
+@exit_quietly_on_broken_pipe
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``scripts/train.py``; returns the exit code.
 
@@ -377,8 +378,6 @@ def main(args: list[str] | None = None) -> int:
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             code = 2
-        except BrokenPipeError:  # stdout is a pipe that closed (`| head`): end quietly, as cat and grep do
-            code = broken_pipe_exit()
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise

@@ -23,7 +23,7 @@ from softmax_lightning.data import class_names
 from softmax_lightning.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-RIGHT, WRONG = (0.1, 0.7, 0.2), (0.9, 0.1, 0.1)
+RIGHT, WRONG, UNKNOWN = (0.1, 0.7, 0.2), (0.9, 0.1, 0.1), (0.2, 0.4, 0.8)  # a prediction: right, wrong, no truth
 
 
 def _cell(i: int, nrow: int, h: int, w: int, pad: int, top: int) -> tuple[int, int]:
@@ -127,7 +127,9 @@ class CurvesPlot:
 
     SERIES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("val_acc", "val acc", "g-."))
 
-    def __init__(self, max_epochs: int) -> None:
+    def __init__(self, max_epochs: int, val_label: str = "val acc") -> None:
+        """``val_label`` names the ``val_acc`` curve: "test acc" when validation is the test split (the default data
+        module's, and the chapter's name for that curve)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         from matplotlib.figure import Figure
@@ -135,7 +137,9 @@ class CurvesPlot:
         self.fig = Figure(figsize=(4.5, 3.2))
         self.canvas = FigureCanvasAgg(self.fig)
         self.ax = self.fig.subplots()
-        self.lines = [self.ax.plot([], [], fmt, label=label, animated=True)[0] for _, label, fmt in self.SERIES]
+        labels = {"val_acc": val_label}
+        self.lines = [self.ax.plot([], [], fmt, label=labels.get(key, label), animated=True)[0]
+                      for key, label, fmt in self.SERIES]
         self.ax.set(xlabel="epoch", xlim=(1, max(2, max_epochs)), ylim=(0.0, 1.0))
         self.ax.legend(handles=self.lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
                        fontsize=9)  # above the axes; its keys are copies, not animated: drawn once, in the background
@@ -232,4 +236,159 @@ def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation 
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set(xlabel="predicted", ylabel="true", title=title)
         fig.subplots_adjust(left=0.2, right=0.98, bottom=0.2, top=0.94)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- why this prediction?
+TEXT = {  # the figures' words, in the language of their class names
+    "en": {
+        "explain": "Why this prediction? Evidence = pixel × the class's weight (red: for the class, blue: against);"
+                   "\neach map summed, plus b, is the class's logit",
+        "input": "the 28×28 input\nthe model saw",
+        "evidence": "evidence for the 3 most probable classes",
+        "probs": "softmax probabilities",
+        "true": "true: {}",
+        "test_image": "test image #{}",
+        "inverted": "(inverted)",
+        "map": "{rank}. {name}\nlogit {logit:.1f}, p {p:.2f}",
+        "confusions": "The most confused pairs: the pixels that separate them",
+        "difference": "W[:, {a}] − W[:, {b}]",
+        "difference_key": "red: for {a}\nblue: for {b}",
+        "mistakes": "true {a}, predicted {b}: {n}",
+        "none": "none among the validation images",
+    },
+    "zh": {
+        "explain": "为什么这样预测？证据 = 像素 × 该类别的权重（红：支持该类别，蓝：反对）；"
+                   "\n每张图求和再加上 b，就是该类别的 logit",
+        "input": "模型看到的\n28×28 输入",
+        "evidence": "概率最高的 3 个类别的证据",
+        "probs": "softmax 概率",
+        "true": "真实：{}",
+        "test_image": "测试图像 #{}",
+        "inverted": "（已反相）",
+        "map": "{rank}. {name}\nlogit {logit:.1f}，概率 {p:.2f}",
+        "confusions": "最易混淆的类别对：区分它们的像素",
+        "difference": "W[:, {a}] − W[:, {b}]",
+        "difference_key": "红：支持{a}\n蓝：支持{b}",
+        "mistakes": "真实：{a}，预测为：{b}（{n}）",
+        "none": "验证图像中没有",
+    },
+}
+
+
+def figure_language(labels: str) -> str:
+    """The language a figure for ``labels`` is drawn in: ``zh`` needs a CJK font, else English (one warning)."""
+    return _font_for(labels)[0]
+
+
+def plot_explain(images: Tensor, logits: Tensor, evidence: Tensor, labels: str = "en",
+                 captions: Sequence[str] | None = None, trues: Tensor | None = None, top: int = 3):
+    """One row per image: the image, the evidence maps of its ``top`` most probable classes on one symmetric colour
+    scale, and its softmax probabilities as bars.
+
+    Args:
+        images: the inputs as the model saw them, in [0, 1], shape ``(n, 28, 28)`` (or ``(n, 1, 28, 28)``).
+        logits: shape ``(n, classes)``.
+        evidence: ``functional.evidence(X, W)``, shape ``(n, classes, 28, 28)``.
+        captions: a first title line per image (a file name); default ``test image #i``.
+        trues: true classes ``(n,)`` when known: their bars are green, a wrong prediction's red (without: blue).
+    """
+    from softmax_lightning.functional import softmax
+
+    imgs, z, ev = (t.detach().float().cpu() for t in (images, logits, evidence))
+    n, classes = z.shape
+    imgs = imgs.reshape(n, *ev.shape[-2:])
+    probs = softmax(z)  # (n, classes)
+    text = TEXT[figure_language(labels)]
+    head, row = 1.2, 1.95  # inches: the titles above the first row's titles, each row (its map titles included)
+    height = head + row * n + 0.2
+    with new_figure((10.6, height), labels) as (fig, names):
+        grid = fig.add_gridspec(n, top + 4, width_ratios=[1] * (top + 1) + [0.06, 0.62, 1.3], wspace=0.3,
+                                hspace=0.62, left=0.02, right=0.98, top=1 - head / height,
+                                bottom=0.35 / height)
+        for i in range(n):
+            caption = captions[i] if captions is not None else text["test_image"].format(i)
+            if trues is not None:
+                caption += "\n" + text["true"].format(names[int(trues[i])])
+            ax = fig.add_subplot(grid[i, 0])
+            ax.imshow(imgs[i].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(caption, fontsize=9)
+            ax.axis("off")
+            ranked = probs[i].argsort(descending=True)[:top].tolist()
+            lim = float(ev[i, ranked].abs().max()) or 1.0  # one symmetric scale for the row's maps
+            for r, k in enumerate(ranked):
+                ax = fig.add_subplot(grid[i, r + 1])
+                im = ax.imshow(ev[i, k].numpy(), cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
+                ax.set_title(text["map"].format(rank=r + 1, name=names[k], logit=float(z[i, k]), p=float(probs[i, k])),
+                             fontsize=9)
+                ax.set_xticks([]), ax.set_yticks([])
+            cbar = fig.colorbar(im, cax=fig.add_subplot(grid[i, top + 1]))
+            cbar.ax.tick_params(labelsize=7)
+            ax = fig.add_subplot(grid[i, top + 3])  # (column top + 2 is a gap for the class names)
+            colours = ["0.7"] * classes
+            pred = int(ranked[0])
+            right = trues is None or int(trues[i]) == pred
+            colours[pred] = UNKNOWN if trues is None else RIGHT if right else WRONG
+            if not right:
+                colours[int(trues[i])] = RIGHT
+            ax.barh(range(classes), probs[i].numpy(), color=colours)
+            ax.set_yticks(range(classes), names, fontsize=8 if text is TEXT["en"] else 7)  # CJK glyphs are taller
+            ax.invert_yaxis()
+            ax.set_xlim(0, 1)
+            ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"], fontsize=7)
+            ax.tick_params(axis="y", length=0)
+            for spine in ("top", "right"):
+                ax.spines[spine].set_visible(False)
+        fig.suptitle(text["explain"], fontsize=10, y=1 - 0.08 / height, va="top")
+        _column_headings(fig, grid, top, text, 1 - 0.78 / height)
+    return fig
+
+
+def _column_headings(fig, grid, top: int, text: dict[str, str], y: float) -> None:
+    """Headings above ``plot_explain``'s columns: input, evidence maps, probabilities (figure coordinates)."""
+    boxes = [grid[0, c].get_position(fig) for c in range(top + 4)]
+    for (x0, x1), key in (((boxes[0].x0, boxes[0].x1), "input"), ((boxes[1].x0, boxes[top].x1), "evidence"),
+                          ((boxes[top + 2].x0, boxes[top + 3].x1), "probs")):
+        fig.text((x0 + x1) / 2, y, text[key], ha="center", va="bottom", fontsize=9, fontweight="bold")
+
+
+def plot_confusions(W: Tensor, pairs: Sequence[tuple[int, int]], examples: dict[tuple[int, int], Tensor],
+                    labels: str = "en", matrix: Tensor | None = None, per_direction: int = 4):
+    """For each pair ``(a, b)``: the difference template ``W[:, a] - W[:, b]`` (red: pixels that favour ``a``, blue:
+    ``b``; symmetric colour scale) beside a few validation images of ``a`` predicted as ``b``, and of ``b`` as ``a``.
+
+    Args:
+        W: weights ``(784, classes)``.
+        pairs: class pairs, e.g. ``confusions.most_confused_pairs(matrix)``.
+        examples: ``{(true, predicted): images (m, 28, 28)}``, e.g. ``ConfusionExamples.examples``.
+        matrix: the confusion matrix (true rows); when given, titles say how many images each mistake counted.
+        per_direction: images shown per direction.
+    """
+    w = W.detach().float().cpu()
+    side = round(w.shape[0] ** 0.5)
+    text = TEXT[figure_language(labels)]
+    head, row = 0.5, 2.9  # inches: the title, each pair
+    with new_figure((2.9 + 1.1 * per_direction, head + row * max(1, len(pairs))), labels) as (fig, names):
+        title, *rows = fig.subfigures(1 + len(pairs), 1, height_ratios=[head] + [row] * len(pairs), squeeze=False)[:, 0]
+        title.suptitle(text["confusions"], fontsize=11, y=0.5, va="center")
+        for sub, (a, b) in zip(rows, pairs):
+            grid = sub.add_gridspec(2, per_direction + 2, width_ratios=[1.15, 1.15] + [1] * per_direction, left=0.03,
+                                    right=0.99, top=0.9, bottom=0.14, hspace=0.35, wspace=0.1)
+            diff = (w[:, a] - w[:, b]).reshape(side, side)  # (784,) -> (28, 28)
+            lim = float(diff.abs().max()) or 1.0  # symmetric: white is 0, no preference
+            ax = sub.add_subplot(grid[:, :2])
+            ax.imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(text["difference"].format(a=names[a], b=names[b]), fontsize=9)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_xlabel(text["difference_key"].format(a=names[a], b=names[b]), fontsize=8.5)
+            for r, (t, p) in enumerate(((a, b), (b, a))):
+                images = examples.get((t, p), torch.zeros(0, side, side))[:per_direction]
+                count = f"{int(matrix[t, p])} / {int(matrix[t].sum())}" if matrix is not None else len(images)
+                axes = [sub.add_subplot(grid[r, c + 2]) for c in range(per_direction)]
+                for ax, image in zip(axes, images):
+                    ax.imshow(image.float().numpy(), cmap="gray", interpolation="nearest")
+                for ax in axes:
+                    ax.axis("off")
+                title = text["mistakes"].format(a=names[t], b=names[p], n=count)
+                axes[0].set_title(title if len(images) else f"{title} ({text['none']})", fontsize=9, loc="left")
     return fig

@@ -22,6 +22,7 @@ __all__ = [
     "cross_entropy_grad",
     "CrossEntropy",
     "accuracy",
+    "evidence",
 ]
 
 
@@ -160,3 +161,35 @@ def accuracy(y_hat: Tensor, y: Tensor) -> Tensor:
     """
     preds = y_hat.argmax(dim=1)  # (batch, classes) -> (batch,)
     return (preds.type(y.dtype) == y).sum().float()
+
+
+def evidence(X: Tensor, W: Tensor) -> Tensor:
+    """Per-class pixel evidence: ``E[n, k, i] = X[n, i] * W[i, k]``, each class's row as a square map.
+
+    The model's logits are sums over pixels, ``logit[n, k] = b[k] + sum_i X[n, i] * W[i, k]``, so each term is how
+    much pixel ``i`` of image ``n`` speaks for (positive) or against (negative) class ``k``, and summing a map gives
+    the logit without its bias: ``evidence(X, W).sum((2, 3)) + b == X.reshape(n, -1) @ W + b``.
+
+    Args:
+        X: images, shape ``(n, 1, 28, 28)``, ``(n, 28, 28)`` or ``(n, 784)`` (as the model sees them: standardised
+            if the model was trained on standardised inputs).
+        W: weights, shape ``(784, classes)``; any square number of pixels works.
+
+    Returns:
+        Shape ``(n, classes, 28, 28)`` (``(n, classes, side, side)``, ``side = sqrt(W.shape[0])``).
+
+    Example (one 2x2 image, two classes):
+        >>> X = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+        >>> W = torch.tensor([[1.0, -1.0], [5.0, 5.0], [5.0, 5.0], [0.5, 1.0]])
+        >>> E = evidence(X, W)
+        >>> E[0, 1]  # class 1: pixel 0 speaks against it, pixel 3 for it; the dark pixels say nothing
+        tensor([[-1.,  0.],
+                [ 0.,  2.]])
+        >>> E.sum((2, 3)), X.reshape(1, -1) @ W  # the maps sum to the logits (without b)
+        (tensor([[2., 1.]]), tensor([[2., 1.]]))
+    """
+    n, (pixels, classes) = len(X), W.shape
+    side = round(pixels**0.5)  # 28
+    x = X.reshape(n, pixels)  # (n, 784)
+    E = x[:, None, :] * W.T[None]  # (n, 1, 784) * (1, classes, 784) -> (n, classes, 784)
+    return E.reshape(n, classes, side, side)  # (n, classes, 28, 28)

@@ -6,22 +6,27 @@
 * Inputs: a file the user names (data, a config, a cost matrix, an image) must be a regular file (of bounded size,
   where the tool reads it whole), so that a FIFO or ``/dev/zero`` can never hang or fill memory.
 * Errors: a failed write becomes one line that says where (and whether the disk is full), never a traceback.
+* Pipes: a tool whose output goes into a pipe that closes early (``| head``) ends quietly with status 141, as
+  ``cat`` and ``grep`` do (``exit_quietly_on_broken_pipe``).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from softmax_lightning.errors import UserError
 
 _TMP = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
+BROKEN_PIPE_STATUS = 128 + getattr(signal, "SIGPIPE", 13)  # 141: what a shell reports for `cat big | head -1`
 
 
 def temp_path(path: Path) -> Path:
@@ -139,11 +144,29 @@ def read_small_text(path: str | Path, what: str, flag: str, max_bytes: int = 1 <
                         f"{flag}") from None
 
 
-def broken_pipe_exit() -> int:
-    """For a ``BrokenPipeError`` on stdout (``tool | head``): point stdout at ``os.devnull``, so that the interpreter's
-    last flush cannot fail again ("Exception ignored ..."), and return 141 (128 + SIGPIPE), the status with which
-    ``cat`` or ``grep`` end there. Nothing is printed."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return 128 + getattr(signal, "SIGPIPE", 13)
+def exit_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a tool's ``main`` so that output into a closed pipe (``tool | head -1``) ends it quietly, returning 141.
+
+    Python ignores SIGPIPE and raises ``BrokenPipeError`` on the next write instead; unhandled, that is a traceback,
+    and even when handled, the interpreter's final flush of ``sys.stdout`` prints "Exception ignored ...". This is the
+    recipe of Python's ``signal`` documentation ("Note on SIGPIPE"): flush inside ``try`` (``--help`` and short
+    outputs sit in the buffer until then, and ``SystemExit`` passes through it), and on ``BrokenPipeError`` point
+    stdout at ``os.devnull`` so that nothing is left to flush. 141 is 128 + SIGPIPE, the status a shell shows for a
+    process that SIGPIPE ended (``cat``, ``grep``).
+    """
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            try:
+                return main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()
+        except BrokenPipeError:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):  # stdout is no file descriptor (captured in a test): nothing to flush
+                pass
+            return BROKEN_PIPE_STATUS
+    return wrapper

@@ -23,7 +23,8 @@ from softmax_lightning.checkpoint import run_versions
 from softmax_lightning.errors import UserError
 from softmax_lightning.io import write_error
 
-FIGURES = ("curves.png", "predictions.png", "weights.png", "confusion.png")  # (the last two need a validation)
+FIGURES = ("curves.png", "predictions.png", "weights.png", "confusion.png", "confusions.png")  # (the last three
+# need a validation)
 COMPLETE = ("metrics.json", "curves.png", "weights.png")  # what every finished run folder holds
 OUTPUTS = ("train_loss", "train_acc", "test_loss", "test_acc")  # what a complete metrics.json holds at least
 

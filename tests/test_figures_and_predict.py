@@ -60,7 +60,7 @@ def test_predict_agrees_with_the_model_on_test_images(chapter_run, tmp_path):
     out = _run_predict("--ckpt", ckpt, "--n", "16", "--json", "--data_dir", str(DATA_DIR),
                        "--out", str(tmp_path / "p.png"))
     assert out.returncode == 0, out.stderr
-    records = json.loads(out.stdout)
+    records = json.loads(out.stdout)["predictions"]
     model, _ = load_checkpoint(ckpt)
     dm = FashionMNISTDataModule(data_dir=str(DATA_DIR))
     dm.setup("test")
@@ -91,7 +91,7 @@ def test_a_png_of_a_real_test_image_is_classified_like_the_tensor(chapter_run, t
             expected = int(model(X[i : i + 1]).argmax())
             assert int(model(load_image(path)[None]).argmax()) == expected
     assert predict_main(["--ckpt", chapter_run["checkpoint"], "--json", str(tmp_path / "test0.png")]) == 0
-    rec = json.loads(capsys.readouterr().out)[0]
+    rec = json.loads(capsys.readouterr().out)["predictions"][0]
     assert len(rec["top3"]) == 3 and rec["top3"][0]["probability"] >= rec["top3"][1]["probability"]
 
 

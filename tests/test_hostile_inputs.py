@@ -327,7 +327,7 @@ def test_links_to_regular_files_keep_working(tmp_path, ckpt, fake_data, capsys):
     code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", linked.parents[1], "--json",
                                   "--out", tmp_path / "p.png")
     assert code == 0, err
-    assert len(json.loads(out)) == 16 and all((linked / n).is_symlink() for n in IDX_NAMES)
+    assert len(json.loads(out)["predictions"]) == 16 and all((linked / n).is_symlink() for n in IDX_NAMES)
 
     gz_store = tmp_path / "gz_store"
     sums = write_gz_split(gz_store)
@@ -354,7 +354,7 @@ def test_very_wide_png_is_not_padded_to_a_huge_square(tmp_path, ckpt, capsys):
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024 < 300e6
     assert X.shape == (28, 28) and abs(float(X.mean()) - 200 / 255) < 0.01  # padded with its own background
     assert code == 0, err
-    assert json.loads(out)[0]["image"] == str(wide)
+    assert json.loads(out)["predictions"][0]["image"] == str(wide)
 
 
 @pytest.mark.parametrize("side", [30_000, 10_000])
@@ -499,7 +499,7 @@ def test_16_bit_png_is_read_by_its_bit_depth(tmp_path, ckpt, capsys, mode):
     assert torch.allclose(x16, x8, atol=0.01)
     code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--json", p8, p16)
     assert code == 0, err
-    r8, r16 = json.loads(out)
+    r8, r16 = json.loads(out)["predictions"]
     assert r8["predicted"] == r16["predicted"] and abs(r8["probability"] - r16["probability"]) < 0.02
 
 
@@ -537,7 +537,7 @@ def test_healthy_checkpoint_json_is_strict_json(ckpt, fake_data, tmp_path, capsy
     code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", fake_data, "--json",
                                   "--out", tmp_path / "p.png")
     assert code == 0, err
-    records = _strict_json(out)
+    records = _strict_json(out)["predictions"]
     assert len(records) == 16 and all(0 <= r["probability"] <= 1 for r in records)
 
 
