@@ -7,16 +7,15 @@
     python scripts/train.py fit --trainer.max_epochs 3        # LightningCLI subcommands: fit, validate, test, predict
     python scripts/train.py test --ckpt_path last             # results in <run>/test/, no new run folder
 
-No subcommand means the recipe: LightningCLI's ``fit``, then (``after_fit``) the test split, ``metrics.json`` and a
-summary. Runs land in Lightning's layout, ``<default_root_dir>/lightning_logs/version_N/`` (``runs.RunFolder``).
-Our defaults (a TensorBoard logger, a checkpoint at every epoch's end with ``last.ckpt``, a progress bar, the
-chapter's figures) fill only what the user's ``--trainer.*`` options leave unset. With ``--ckpt_path``, the run's
-own settings (its ``config.yaml``, and the checkpoint's model and data settings) apply unless the user types
-others; typed model or data settings that differ from the checkpoint's are refused, by name.
+The wiring, in the order it runs: ``main`` checks the command line (``options``) and the checkpoint, ``TrainCLI``
+parses it (the model's sizes linked to the data's), applies a checkpoint's own settings (``resume``), adds our
+defaults to the ``Trainer`` (a TensorBoard logger in a new ``runs.RunFolder``, a checkpoint at every epoch's end, a
+progress bar, the chapter's figures) wherever the user left them unset, and runs the subcommand; with none, ``fit``
+and then the rest of the recipe (``recipe.finish``: the test split, ``metrics.json``, a summary).
 
 Bad input and a full disk end with one ``error:`` line on stderr and exit code 2, never a traceback. SIGTERM
-(Lightning stops at the next batch: ``SIGTERMException``) and Ctrl-C end with one line naming the command that
-resumes, and exit codes 143 and 130. Output into a closed pipe ends quietly with 141.
+(Lightning stops at the next batch boundary, with ``SIGTERMException``) and Ctrl-C end with one line naming the command
+that resumes, and exit codes 143 and 130. Output into a closed pipe ends quietly with 141.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import shlex
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +38,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from softmax_lightning.callbacks import SERIES, ChapterFigures, EpochLog
-from softmax_lightning.checkpoint import (LOGS, AtomicCheckpointIO, finished, newest_checkpoint, read_checkpoint,
-                                          run_folder_of)
+from softmax_lightning import recipe
+from softmax_lightning.callbacks import ChapterFigures, EpochLog
+from softmax_lightning.checkpoint import LOGS, AtomicCheckpointIO, newest_checkpoint, read_checkpoint
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import exit_quietly_on_broken_pipe, write_error, write_json
+from softmax_lightning.io import exit_quietly_on_broken_pipe, write_error
 from softmax_lightning.model import SoftmaxRegression
 from softmax_lightning.options import check_config_files, check_options, check_trainer
-from softmax_lightning.runs import FIGURES, RunFolder, complete_outputs
+from softmax_lightning.resume import NothingToDo, Resume, typed_settings
+from softmax_lightning.runs import RunFolder
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -57,24 +56,10 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_model_summary": False,
 }
 PROGRESS_REFRESH = 50  # batches between progress-bar redraws (~5 per epoch): each costs ~2 ms, a step ~2 ms
-UNCHECKED_ON_RESUME = {"data_dir", "num_workers", "download"}  # where the data is and how it is read: free to change
 RECIPE_HELP = ("The chapter's recipe: fit (10 epochs, batch 256, lr 0.1), then the test split, metrics.json and a "
                "summary, in lightning_logs/version_N. The options below are those of LightningCLI's fit. "
                "LightningCLI's own subcommands work too: scripts/train.py {fit,validate,test,predict} --help. "
                "Every option's range: docs/options.md.")
-
-
-class NothingToDo(Exception):
-    """The run asked for is already complete: say so, change nothing, exit 0."""
-
-
-@dataclass
-class Resume:
-    """The checkpoint a run starts from, already loaded safely and checked."""
-
-    path: Path
-    checkpoint: dict[str, Any]
-    run: Path | None  # the run folder it belongs to, if it sits in Lightning's layout
 
 
 class RunConfig(SaveConfigCallback):
@@ -118,8 +103,7 @@ class TrainCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        """Checks that need no objects yet: the Trainer's limits, and the checkpoint to start from (loaded safely,
-        compared with what the user typed, its run's settings applied)."""
+        """Checks that need no objects yet (the Trainer's limits), and the checkpoint to start from."""
         cfg = self._cfg()
         if cfg.get("weights_only") is False:
             raise UserError("--weights_only false would let a checkpoint run code while it loads; this project "
@@ -128,59 +112,32 @@ class TrainCLI(LightningCLI):
             cfg.weights_only = True
         check_trainer(cfg.trainer)
         if cfg.get("ckpt_path"):
-            self._resume_from(cfg)
+            self._start_from(cfg)
 
-    def _resume_from(self, cfg) -> None:
+    def _start_from(self, cfg) -> None:
+        """Load the checkpoint safely, refuse typed settings that differ from its own, and parse again: the run's
+        ``config.yaml``, then what the user typed, then the checkpoint's settings wherever the user typed none."""
         root = Path(cfg.trainer.default_root_dir or ".")
         path = newest_checkpoint(root) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
-        checkpoint = read_checkpoint(path)
-        typed = self._typed_settings()
-        saved = {"model": {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k[0] != "_"},
-                 "data": dict(checkpoint.get("datamodule_hyper_parameters") or {})}
-        diffs = [f"{_flag(key)} {value!r} (the checkpoint has {saved[group][name]!r})"
-                 for key, value in typed.items() for group, name in [key.split(".", 1)]
-                 if name in saved[group] and name not in UNCHECKED_ON_RESUME and saved[group][name] != value
-                 and (group == "model" or self.fn == "fit")]
-        if diffs:
-            raise UserError(f"cannot use {path} with changed settings: {'; '.join(diffs)}. A run folder records what "
-                            f"it trained with: drop those options to use the checkpoint's, or start a new run without "
-                            f"--ckpt_path")
-        run = run_folder_of(path)
-        # the run's own settings (its config.yaml: trainer, figures, ...), then what the user typed, then the
-        # checkpoint's model and data settings wherever the user typed none
-        own = ["--config", str(run / "config.yaml")] if run and (run / "config.yaml").is_file() else []
+        self.resume = resume = Resume.of(path, read_checkpoint(path))
         user = self.given_args[1:] if self.subcommand else self.given_args
-        args = [*check_config_files(own), *user, f"--ckpt_path={path}"]
+        as_typed = self.parser.parse_args(self.given_args)  # (LightningCLI has put the checkpoint's model settings
+        as_typed = as_typed[self.subcommand] if self.subcommand else as_typed  # into self.config already)
+        typed = typed_settings(user, as_typed, self.subcommand)
+        resume.refuse_changes(typed, data_too=self.fn == "fit")
+        args = [*check_config_files(resume.own_config()), *user, f"--ckpt_path={path}"]
         self.config = self.parser.parse_args([self.subcommand, *args] if self.subcommand else args)
         cfg = self._cfg()
-        for group in ("model", "data"):
-            for name, value in saved[group].items():
-                if f"{group}.{name}" not in typed and name in cfg[group] and name not in UNCHECKED_ON_RESUME:
-                    cfg[group][name] = value
-        cfg.seed_everything = cfg.data.seed
+        resume.apply(cfg, typed)
         L.seed_everything(cfg.seed_everything, verbose=False)  # (DDP's sampler reads it)
-        shape = tuple(checkpoint["state_dict"]["W"].shape)
-        if shape != (FashionMNISTDataModule.pixels, FashionMNISTDataModule.num_classes):
-            raise UserError(f"checkpoint {path} holds W of shape {shape}, but Fashion-MNIST needs (784, 10) (784 "
-                            f"pixels, 10 classes); pass --ckpt_path with a checkpoint of this model")
-        self.resume = Resume(path, checkpoint, run)
-        if self.fn != "fit" or run is None:
-            return
-        if rank_zero_only.rank == 0:  # the lock is rank 0's
-            RunFolder.check_free(run)
-        tcfg = cfg.trainer
-        if self.recipe and finished(checkpoint, tcfg.max_epochs, tcfg.max_steps) and complete_outputs(run):
-            raise NothingToDo(f"run {run} is complete ({checkpoint.get('global_step')} steps, {tcfg.max_epochs} "
-                              f"epochs asked): nothing left to train and every file is as it was. To train longer, "
-                              f"resume with a larger --trainer.max_epochs")  # on every rank
-
-    def _typed_settings(self) -> dict[str, Any]:
-        """``model.*`` / ``data.*`` settings the user's arguments (config files included) set to something other
-        than the defaults."""
-        sub = [self.subcommand] if self.subcommand else []
-        given, default = (self.parser.parse_args(a) for a in (self.given_args, sub))
-        given, default = (ns[self.subcommand] if sub else ns for ns in (given, default))
-        return {f"{g}.{k}": v for g in ("model", "data") for k, v in given[g].items() if default[g].get(k) != v}
+        if tuple(resume.checkpoint["state_dict"]["W"].shape) != (FashionMNISTDataModule.pixels, 10):
+            raise UserError(f"checkpoint {path} holds W of shape {tuple(resume.checkpoint['state_dict']['W'].shape)}, "
+                            f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model")
+        if self.fn == "fit" and resume.run is not None:
+            if rank_zero_only.rank == 0:  # the lock is rank 0's
+                RunFolder.check_free(resume.run)
+            if self.recipe:
+                resume.check_not_done(cfg.trainer.max_epochs, cfg.trainer.max_steps)  # (on every rank)
 
     def instantiate_trainer(self, **kwargs: Any):
         """The user's Trainer options, with our defaults only where they left a choice unset."""
@@ -221,31 +178,16 @@ class TrainCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.recipe:
-            run_recipe_end(self)
+            recipe.finish(self.trainer, self.model, self.datamodule)
 
     def after_validate(self) -> None:
-        self._evaluated()
+        recipe.keep_results(self.trainer, "validate")
 
     def after_test(self) -> None:
-        self._evaluated()
+        recipe.keep_results(self.trainer, "test")
 
     def after_predict(self) -> None:
-        self._evaluated()
-
-    def _evaluated(self) -> None:
-        """Keep what ``validate`` / ``test`` computed (``metrics.json``) in the results folder, and say where it is."""
-        trainer = self.trainer
-        if not (trainer.is_global_zero and trainer.loggers and not trainer.fast_dev_run):
-            return
-        results = Path(trainer.log_dir)
-        if self.fn != "predict":
-            write_json(results / "metrics.json", {k: float(v) for k, v in trainer.callback_metrics.items()})
-        print(f"{self.fn} results: {results}", flush=True)
-
-
-def _flag(key: str) -> str:
-    """The command-line flag of a ``model.*`` / ``data.*`` setting."""
-    return "--seed_everything" if key == "data.seed" else f"--{key}"
+        recipe.keep_results(self.trainer, "predict")
 
 
 def make_cli(args: list[str] | None = None, run_folder: RunFolder | None = None, recipe: bool = True,
@@ -262,58 +204,10 @@ def make_cli(args: list[str] | None = None, run_folder: RunFolder | None = None,
                     parser_kwargs={**strict, **{s: dict(strict) for s in SUBCOMMANDS}, "fit": fit})
 
 
-# ---------------------------------------------------------------------------------------------------- the recipe
 def run_recipe(cli: TrainCLI) -> dict[str, Any]:
-    """Fit (or resume) then ``run_recipe_end``: for a CLI made with ``make_cli(run=False)``."""
-    cfg = cli.config
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    return run_recipe_end(cli)
-
-
-def run_recipe_end(cli: TrainCLI) -> dict[str, Any]:
-    """After fitting: test, write ``metrics.json`` into the run folder, print the summary; return the metrics."""
-    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    trainer.test(model, datamodule=dm, verbose=False)
-    figs = next(c for c in trainer.callbacks if isinstance(c, ChapterFigures))
-    history = figs.history
-    last = history[-1] if history else {}
-    metrics: dict[str, Any] = {k: last[k] for k in SERIES if k in last}
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")})
-    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-    metrics.update(epochs=trainer.current_epoch, global_step=trainer.global_step, world_size=trainer.world_size,
-                   validated_on="test split" if figs.val_name == "test" else f"{dm.hparams.val_size} held-out images",
-                   train_seconds=round(sum(row.get("seconds", 0.0) for row in history), 3), checkpoint=ckpt or None,
-                   history=history)
-    run_dir = Path(trainer.log_dir) if trainer.loggers and not trainer.fast_dev_run else None
-    if trainer.is_global_zero:
-        if run_dir is not None:
-            write_json(run_dir / "metrics.json", metrics)
-            files = [f for f in ("metrics.json", "checkpoints/last.ckpt", *FIGURES) if (run_dir / f).is_file()]
-            where = f"run folder: {run_dir}  ({', '.join(files)})"
-            if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
-                where += f"\nsee it in TensorBoard: {_tensorboard_command(run_dir.parent)}"
-        else:
-            where = "no logger, so no run folder: nothing was written besides checkpoints (if enabled)"
-        print(f"\n{summarize(metrics, figs.val_name)}\n\n{where}", flush=True)
-    return metrics
-
-
-def _tensorboard_command(logdir: Path) -> str:
-    """The command that opens ``logdir`` in TensorBoard with this interpreter, so it works as printed in a new shell
-    (no venv to activate): ``.venv/bin/python -m tensorboard.main --logdir lightning_logs`` from the repository."""
-    python = Path(sys.executable)
-    if Path.cwd() in python.parents:
-        python = python.relative_to(Path.cwd())
-    return shlex.join([str(python), "-m", "tensorboard.main", "--logdir", str(logdir)])
-
-
-def summarize(metrics: dict[str, Any], val_name: str = "val") -> str:
-    """The short table printed at the end of a run (validation on the test split is the test column: not repeated)."""
-    cols = ("train_loss", "train_acc", *(("val_acc",) if val_name == "val" else ()), "test_acc", "train_seconds")
-    head = "  ".join(f"{c:>13}" for c in cols)
-    row = "  ".join(f"{metrics[c]:>13.4f}" if isinstance(metrics.get(c), float) else f"{'-':>13}" for c in cols)
-    note = "" if val_name == "val" else "\n(validated on the test split after every epoch, as the chapter does)"
-    return f"{head}\n{row}{note}"
+    """Fit (or resume), then ``recipe.finish``, for a CLI made with ``make_cli(run=False)``; return the metrics."""
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
+    return recipe.finish(cli.trainer, cli.model, cli.datamodule)
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
@@ -323,8 +217,9 @@ NOISE = ("litlogger", "litmodels", "Seed set to", "Received SIGTERM", "Detected 
 @contextmanager
 def quiet_lightning():
     """Drop lines of noise Lightning prints on every run while the block runs (adverts, the seed, which
-    ``config.yaml`` records, the SIGTERM notice), and two warnings: a torch deprecation inside Lightning, and the one
-    about our ``args``: ``main`` hands LightningCLI the vetted ``sys.argv``."""
+    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and three warnings: a torch
+    deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
+    and the seed's bounds (the data module refuses such a seed in one line)."""
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
 
@@ -336,7 +231,7 @@ def quiet_lightning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-        warnings.filterwarnings("ignore", message=r".* is not in bounds, numpy accepts")  # refused in one line
+        warnings.filterwarnings("ignore", message=r".* is not in bounds, numpy accepts")
         try:
             yield
         finally:
@@ -344,8 +239,19 @@ def quiet_lightning():
                 lg.removeFilter(no_noise)
 
 
+def _option(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag value`` or ``--flag=value``; the last one wins), else ``None``."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def _resume_hint(run_folder: RunFolder, subcommand: str | None) -> str:
-    """How to resume after a stop: the run's own checkpoint carries its settings (``config.yaml``)."""
+    """How to resume after a stop: the run's checkpoint, whose folder carries the run's settings (``config.yaml``)."""
     if not run_folder.has_checkpoint():
         return "before the first checkpoint; nothing to resume: run the same command again"
     ckpt = run_folder.path / "checkpoints" / "last.ckpt"
@@ -362,13 +268,16 @@ def main(args: list[str] | None = None) -> int:
     by SIGTERM / Ctrl-C, with how to resume; 141: stdout was closed (a pipe).
     """
     args = list(sys.argv[1:] if args is None else args)
-    recipe = not (args and args[0] in SUBCOMMANDS)
-    argv = ["fit", *args] if recipe else args
+    recipe_mode = not (args and args[0] in SUBCOMMANDS)
+    argv = ["fit", *args] if recipe_mode else args
+    subcommand = None if recipe_mode else argv[0]
     run_folder, code = RunFolder(), 1
     with quiet_lightning():
         try:
+            if (ckpt := _option(argv, "--ckpt_path")) not in (None, "last"):
+                read_checkpoint(ckpt)  # LightningCLI reads its hyper-parameters first: refuse a bad file in one line
             try:
-                make_cli([argv[0], *check_options(argv[1:])], run_folder, recipe=recipe, run=True)
+                make_cli([argv[0], *check_options(argv[1:])], run_folder, recipe=recipe_mode, run=True)
             except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
                 raise UserError(f"bad configuration: {one_line(e)} (see --help)") from None
             code = 0
@@ -385,20 +294,14 @@ def main(args: list[str] | None = None) -> int:
                   file=sys.stderr)
             code = 2
         except SIGTERMException:  # Lightning's own, raised at a batch boundary, agreed across ranks
-            print(f"error: stopped by SIGTERM; {_resume_hint(run_folder, None if recipe else argv[0])}",
-                  file=sys.stderr)
+            print(f"error: stopped by SIGTERM; {_resume_hint(run_folder, subcommand)}", file=sys.stderr)
             code = 143
-        except SystemExit as e:  # --help, --print_config; Lightning ends a Ctrl-C with sys.exit(1)
-            if isinstance(e.__context__, KeyboardInterrupt):
-                print(f"error: stopped by Ctrl-C; {_resume_hint(run_folder, None if recipe else argv[0])}",
-                      file=sys.stderr)
-                code = 130
-            else:
+        except (KeyboardInterrupt, SystemExit) as e:  # Lightning ends a Ctrl-C with sys.exit(1); --help exits 0
+            if isinstance(e, SystemExit) and not isinstance(e.__context__, KeyboardInterrupt):
                 code = e.code if isinstance(e.code, int) else 0 if e.code is None else 2
-        except KeyboardInterrupt:
-            print(f"error: stopped by Ctrl-C; {_resume_hint(run_folder, None if recipe else argv[0])}",
-                  file=sys.stderr)
-            code = 130
+            else:
+                print(f"error: stopped by Ctrl-C; {_resume_hint(run_folder, subcommand)}", file=sys.stderr)
+                code = 130
         finally:
             run_folder.release(failed=code != 0)
     return code

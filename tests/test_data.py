@@ -79,3 +79,17 @@ def test_shuffle_order_is_a_function_of_seed_and_epoch():
 def test_class_names():
     assert class_names("en")[0] == "T-shirt/top" and class_names("zh")[0] == "T恤"
     assert len(CLASSES_EN) == len(CLASSES_ZH) == 10
+
+
+def test_the_holdout_and_the_training_split_partition_the_training_file(data_dir):
+    """No image of the holdout is trained on (no leak), and together they are the whole file, once each."""
+    dm = FashionMNISTDataModule(data_dir=str(data_dir), val_size=5000, seed=3)
+    dm.setup("fit")
+    images, _ = load_split(data_dir, "train")
+    w = torch.randn(784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def fingerprints(X):  # one number per image, equal for equal images
+        return sorted((X.reshape(len(X), -1).double() @ w).tolist())
+
+    assert len(dm.val_set) == 5000 and len(dm.train_set) == 55000
+    assert fingerprints(torch.cat([dm.val_set.X, dm.train_set.X])) == fingerprints(images.float().div(255))

@@ -15,7 +15,8 @@ from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.predict import load_checkpoint, load_image, main as predict_main
 from tests.conftest import DATA_DIR, ROOT
 
-FIGURES = {"curves.png": (320, 450), "predictions.png": None, "weights.png": None, "confusion.png": None}
+FIGURES = {"curves.png": (320, 450), "predictions.png": None, "weights.png": None, "confusion.png": None,
+           "confusions.png": None}
 
 
 def test_event_files_hold_histograms_images_and_hparams(chapter_run):
@@ -23,12 +24,12 @@ def test_event_files_hold_histograms_images_and_hparams(chapter_run):
     ea = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     ea.Reload()
     tags = ea.Tags()
-    for tag in ("W", "b"):
-        assert [e.step for e in ea.Histograms(tag)] == list(range(1, 11))
+    for tag in ("W", "b"):  # at the global step, as every scalar
+        assert [e.step for e in ea.Histograms(tag)] == [235 * k for k in range(1, 11)]
     for tag in ("templates", "predictions", "confusion"):
-        assert [e.step for e in ea.Images(tag)] == list(range(1, 11))
-    assert {"figures/weights", "figures/predictions", "figures/confusion"} <= set(tags["images"])
-    for name in ("weights", "predictions", "confusion"):  # TensorBoard holds the very PNG files, with their size
+        assert [e.step for e in ea.Images(tag)] == [235 * k for k in range(1, 11)]
+    assert {"figures/weights", "figures/predictions", "figures/confusion", "figures/confusions"} <= set(tags["images"])
+    for name in ("weights", "predictions", "confusion", "confusions"):  # TensorBoard holds the very PNG files, with their size
         event = ea.Images(f"figures/{name}")[-1]
         png = (run / f"{name}.png").read_bytes()
         assert event.encoded_image_string == png

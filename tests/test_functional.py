@@ -84,3 +84,10 @@ def test_hand_written_backward_is_softmax_minus_onehot_and_passes_gradcheck():
     torch.testing.assert_close(F.cross_entropy_grad(logits.detach(), y), logits.grad, **TOL)
     onehot = TF.one_hot(y, 5).double()
     torch.testing.assert_close(F.cross_entropy_grad(logits.detach(), y), torch.softmax(logits.detach(), 1) - onehot)
+
+
+def test_accuracy_counts_the_argmax_hits_on_random_logits():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(500, 10, generator=g), torch.randint(0, 10, (500,), generator=g)
+    assert F.accuracy(logits, y) == (logits.argmax(1) == y).sum()
+    assert F.accuracy(logits, logits.argmax(1)) == 500 and F.accuracy(logits, logits.argmin(1)) == 0

@@ -100,6 +100,33 @@ def test_changed_settings_are_refused_and_nothing_is_touched(copy, capsys, chang
     assert snapshot(copy) == before
 
 
+@pytest.fixture(scope="module")
+def own_settings(tmp_path_factory, data_dir) -> Path:
+    """A finished run trained with settings other than the defaults."""
+    root = tmp_path_factory.mktemp("own")
+    run_train(root, *SHORT, "--model.lr=0.3", "--data.batch_size=128", "--seed_everything=4")
+    return root
+
+
+def test_resuming_takes_the_runs_own_settings_unless_typed(tmp_path, own_settings, capsys):
+    """``--ckpt_path last`` alone continues any run with what it was trained with (its model and data settings, and
+    its config.yaml: 2 epochs asked, so nothing is left); typing the same values is fine; typing others, even the
+    defaults, is refused by name."""
+    root = tmp_path / "root"
+    shutil.copytree(own_settings, root)
+    before = snapshot(root)
+    assert main(train_args(root, "--ckpt_path=last")) == 0
+    assert "nothing left to train" in capsys.readouterr().out and snapshot(root) == before
+    expect_error(capsys, train_args(root, "--ckpt_path=last", "--model.lr=0.1"),
+                 "--model.lr 0.1 (the checkpoint has 0.3)")
+    expect_error(capsys, train_args(root, "--ckpt_path=last", "--seed_everything=0"), "--seed_everything 0")
+    m = run_train(root, "--ckpt_path=last", "--trainer.max_epochs=3", "--model.lr=0.3")
+    assert m["epochs"] == 3 and m["global_step"] == 30 and len(run_dirs(root)) == 1
+    ckpt = torch.load(Path(m["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["lr"] == 0.3 and ckpt["datamodule_hyper_parameters"]["batch_size"] == 128
+    assert ckpt["datamodule_hyper_parameters"]["seed"] == 4
+
+
 def test_a_moved_run_folder_keeps_updating_its_own_last_ckpt(tmp_path, finished):
     moved = tmp_path / "moved"
     shutil.move(shutil.copytree(finished, tmp_path / "original"), moved)  # same content, another place

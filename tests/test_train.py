@@ -1,11 +1,14 @@
 """scripts/train.py end to end on the real data: the chapter's recipe, its outputs, and LightningCLI's options."""
 
+import fcntl
 import json
 import os
 import pty
 import shlex
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -68,7 +71,6 @@ def test_config_files_take_effect():
     assert {k: tuned["model"][k] for k in ("lr", "momentum", "nesterov", "lr_schedule")} == \
         {"lr": 0.01, "momentum": 0.9, "nesterov": True, "lr_schedule": "cosine"}
     assert (tuned["data"]["val_size"], tuned["data"]["standardize"], tuned["trainer"]["max_epochs"]) == (5000, True, 50)
-    assert (default["figures"]["val_name"], tuned["figures"]["val_name"]) == ("test", "val")  # linked to val_size
 
 
 def test_cli_overrides_apply(tmp_path, data_dir):
@@ -167,6 +169,7 @@ def test_profiler_option_is_honoured_in_a_real_run(tmp_path, data_dir):
 def test_at_a_terminal_the_progress_bar_counts_the_chapters_235_batches(tmp_path, data_dir):
     """In a terminal (a pseudo-terminal here), Lightning's TQDM bar."""
     primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
     proc = subprocess.Popen([sys.executable, "scripts/train.py", f"--trainer.default_root_dir={tmp_path}",
                              f"--data.data_dir={data_dir}", "--trainer.max_epochs=1", "--trainer.limit_val_batches=2"],
                             cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE)
@@ -217,10 +220,10 @@ def test_the_tensorboard_hint_works_as_printed(tmp_path, data_dir, capsys):
     assert out.returncode == 0 and "--logdir" in out.stdout, out.stderr[-1000:]
 
 
-def test_terminal_and_log_progress_bars_are_chosen_by_stdout(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    bars = [c for c in _cli(tmp_path).trainer.callbacks if isinstance(c, ProgressBar)]
-    assert len(bars) == 1 and isinstance(bars[0], TQDMProgressBar) and bars[0].refresh_rate == 50
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
-    bars = [c for c in _cli(tmp_path).trainer.callbacks if isinstance(c, ProgressBar)]
-    assert len(bars) == 1 and isinstance(bars[0], EpochLog)
+@pytest.mark.parametrize("tty,bar", [(True, TQDMProgressBar), (False, EpochLog)])
+def test_terminal_and_log_progress_bars_are_chosen_by_stdout(tmp_path, data_dir, monkeypatch, tty, bar):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    cli = make_cli([f"--trainer.default_root_dir={tmp_path}", f"--data.data_dir={data_dir}"])
+    cli.run_folder.release(failed=True)
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
+    assert len(bars) == 1 and type(bars[0]) is bar
