@@ -133,6 +133,8 @@ class TrainCLI(LightningCLI):
         if tuple(resume.checkpoint["state_dict"]["W"].shape) != (FashionMNISTDataModule.pixels, 10):
             raise UserError(f"checkpoint {path} holds W of shape {tuple(resume.checkpoint['state_dict']['W'].shape)}, "
                             f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model")
+        if self.fn != "fit":  # evaluating restores the weights; the checkpoint's own callbacks are not needed
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
         if self.fn == "fit" and resume.run is not None:
             if rank_zero_only.rank == 0:  # the lock is rank 0's
                 RunFolder.check_free(resume.run)
