@@ -201,6 +201,11 @@ class SoftmaxRegression(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint without the train metrics' sums (written before they were saved) loads with empty ones."""
+        for name, value in self.state_dict().items():
+            checkpoint["state_dict"].setdefault(name, value)
+
     # ------------------------------------------------------------------ 7. the hand-written SGD
     def configure_optimizers(self):
         if self.W.dtype in HALF:  # Lightning has already converted the module for --trainer.precision here

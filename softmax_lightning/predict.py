@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> tuple[Softma
     known = inspect.signature(SoftmaxRegression).parameters  # LightningCLI adds keys such as _instantiator
     try:
         model = SoftmaxRegression(**{k: v for k, v in hparams.items() if k in known})
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict({k: ckpt["state_dict"][k] for k in ("W", "b")}, strict=False)  # (not the metrics)
     except (TypeError, RuntimeError, UserError) as e:
         raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({one_line(e, 200)})") \
             from None
