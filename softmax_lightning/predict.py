@@ -26,8 +26,10 @@ from torch import Tensor
 
 from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint
 from softmax_lightning.data import check_regular_file, class_names, find_raw_files, load_split
+from softmax_lightning.decisions import (ABSTAIN, bayes_decisions, check_abstain_cost, decide,  # noqa: F401
+                                         load_cost_matrix, parse_prior, shift_prior)
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import read_small_text, write_error
+from softmax_lightning.io import write_error
 from softmax_lightning.model import SoftmaxRegression
 
 MAX_PIXELS = 64_000_000  # largest image accepted (8000 x 8000), checked from the header before decoding
@@ -115,34 +117,6 @@ def standardize(X: Tensor, stats: tuple[float, float] | None) -> Tensor:
     return X if stats is None else (X - stats[0]) / stats[1]
 
 
-def bayes_decisions(probs: Tensor, cost: Tensor) -> Tensor:
-    """Minimum-expected-cost classes: ``argmin_k sum_j cost[j, k] * p_j`` (``cost[j, k]``: true j, predicted k)."""
-    return (probs @ cost).argmin(1)  # (n, classes) @ (classes, classes) -> (n, classes) expected costs
-
-
-def load_cost_matrix(path: str | Path, n: int = 10) -> Tensor:
-    """A ``n x n`` cost matrix (rows: true class, columns: predicted) from a JSON or whitespace/CSV text file."""
-    text = read_small_text(path, "cost matrix", "--cost-matrix", max_bytes=64 * 1024)
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else \
-            [[float(v) for v in line.replace(",", " ").split()] for line in text.splitlines() if line.strip()]
-        cost = torch.tensor(rows, dtype=torch.float32)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"cost matrix {path} is not a table of numbers ({e}); write {n} rows of {n} numbers") \
-            from None
-    if cost.shape != (n, n) or not torch.isfinite(cost).all():
-        raise UserError(f"cost matrix {path} has shape {tuple(cost.shape)}; it needs {n} rows of {n} finite numbers")
-    return cost
-
-
-def decide(probs: Tensor, cost: Tensor | None, reject_below: float | None) -> Tensor:
-    """Predicted classes: argmax, or Bayes decisions under ``cost``; -1 where the top probability < ``reject_below``."""
-    preds = probs.argmax(1) if cost is None else bayes_decisions(probs, cost)
-    if reject_below is not None:
-        preds = torch.where(probs.max(1).values < reject_below, torch.full_like(preds, -1), preds)
-    return preds
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Classify Fashion-MNIST test images or image files with a checkpoint.")
     p.add_argument("images", nargs="*", help="PNG/JPEG files to classify (default: the first --n test images)")
@@ -158,8 +132,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=("en", "zh"), default="en")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="prediction grid PNG (default: <run folder>/predict/predictions.png)")
-    p.add_argument("--cost-matrix", help="10x10 costs (rows true, columns predicted): choose min expected cost")
-    p.add_argument("--reject-below", type=float, help="abstain (predict -1) when the top probability is below this")
+    p.add_argument("--cost-matrix", help="10x10 costs, rows true class, columns predicted, all >= 0: predict the "
+                                         "class of least expected cost (the Bayes rule)")
+    p.add_argument("--abstain-cost", type=float, help="the cost of abstaining (handing the image to a person): abstain "
+                   "where every class's expected cost is higher; without --cost-matrix a mistake costs 1, so this "
+                   "abstains where the top probability < 1 - C (Chow's rule)")
+    p.add_argument("--reject-below", type=float, metavar="TAU", help="Chow's rule by its threshold: abstain where the "
+                   "top probability < TAU (the same as --abstain-cost 1-TAU; not with --cost-matrix)")
+    p.add_argument("--prior", help="class frequencies where the model is used, 10 positive numbers in class order, "
+                                   "e.g. 1,1,1,1,1,1,3,1,1,1: probabilities are corrected from the training split's "
+                                   "(uniform) frequencies before any rule")
     return p
 
 
@@ -167,15 +149,22 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the predictions and print them; returns the printed records."""
     if not 1 <= args.n <= 10_000:
         raise UserError(f"--n must be in 1..10000 (the test split's size), got {args.n}")
-    if args.reject_below is not None and not 0 <= args.reject_below <= 1:
-        raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
+    abstain_cost = None if args.abstain_cost is None else check_abstain_cost(args.abstain_cost)
+    if args.reject_below is not None:  # Chow's rule by its threshold: --abstain-cost 1-TAU under 0/1 costs
+        if not 0 <= args.reject_below <= 1:
+            raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
+        if args.cost_matrix or abstain_cost is not None:
+            raise UserError("--reject-below TAU is Chow's rule for 0/1 costs (the same as --abstain-cost 1-TAU); "
+                            "pass only one of them, and with --cost-matrix use --abstain-cost")
+        abstain_cost = 1.0 - args.reject_below
+    prior = parse_prior(args.prior) if args.prior is not None else None
+    cost = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     # "last": the newest run's last.ckpt, as train.py's --ckpt_path last
     ckpt = newest_checkpoint(args.root_dir) if args.ckpt_path in (None, "last") else Path(args.ckpt_path)
     model, stats = load_checkpoint(ckpt)  # refuses anything but a regular, safely loadable checkpoint file
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; name the PNG file to write")
     names = class_names(args.labels)
-    cost = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     if args.images:
         X = torch.stack([load_image(p, args.invert) for p in args.images])  # (n, 28, 28)
         y = None
@@ -188,8 +177,10 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not torch.isfinite(probs).all():  # finite but huge weights overflow: never print nan (and invalid JSON)
         raise UserError(f"checkpoint {ckpt} gives non-finite probabilities (its weights are too large: training "
                         f"diverged); pass --ckpt_path with an earlier checkpoint")
-    preds = decide(probs, cost, args.reject_below)
-    name = lambda k: "(abstain)" if k < 0 else names[k]  # noqa: E731
+    if prior is not None:
+        probs = shift_prior(probs, prior)  # the deployment's class frequencies; the training split's are uniform
+    preds = decide(probs, cost, abstain_cost)
+    name = lambda k: "(abstain)" if k == ABSTAIN else names[k]  # noqa: E731
     records = []
     for i in range(len(X)):
         top = probs[i].topk(3)
