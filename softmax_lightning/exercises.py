@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -56,8 +55,9 @@ def overflow_table() -> list[dict]:
 def exercise1() -> None:
     _title(1, "what can go wrong with softmax(X) = exp(X) / sum(exp(X))?")
     for dtype in (torch.float32, torch.float64):
+        big = torch.finfo(dtype).max
         print(f"exp(50) in {str(dtype).replace('torch.', '')}: {torch.exp(torch.tensor(50.0, dtype=dtype)).item():.6e}"
-              f"   largest finite: {torch.finfo(dtype).max:.3e}   exp overflows above {math.log(torch.finfo(dtype).max):.2f}")
+              f"   largest finite: {big:.3e}   exp overflows above {math.log(big):.2f}")
     print(f"\n{'row max':>8} {'dtype':>8}  {'naive softmax':<30} {'sum':>6}   {'stable softmax':<26} {'sum':>6}")
     fmt = lambda v: "[" + ", ".join(f"{x:.3g}" for x in v) + "]"  # noqa: E731
     for r in overflow_table():
@@ -121,8 +121,9 @@ def exercise2() -> None:
           "chapter's gradient is not finite while its loss is still right. Stable softmax followed by -log breaks the "
           "same way: fixing softmax alone does not fix training. The loss itself loses digits only when p is "
           "subnormal and tiny (off by 0.017 at gap 100; for gaps ~103 to ~104 p is the smallest subnormal and the "
-          "loss is stuck at -log(1.4e-45) = 103.28) and is inf once p underflows to 0 (gap > ~103.97). Log-sum-exp, logsumexp(z) - z_y, never forms p: its loss and "
-          "gradient stay right at every gap, and equal torch's F.cross_entropy.")
+          "loss is stuck at -log(1.4e-45) = 103.28) and is inf once p underflows to 0 (gap > ~103.97). "
+          "Log-sum-exp, logsumexp(z) - z_y, never forms p: its loss and gradient stay right at every gap, and equal "
+          "torch's F.cross_entropy.")
 
 
 # ---------------------------------------------------------------- 3. the fix, in training
@@ -337,7 +338,8 @@ def report_decisions(probs: Tensor, y: Tensor, out_dir: Path) -> dict:
     a, b = res["argmax"], res["bayes"]
     print(f"It changed {res['changed']} decisions ({res['changed_to_shirt']} of them to Shirt: with these costs it "
           f"predicts Shirt whenever P(Shirt) > max_other / {SHIRT_MISS:g}). Accuracy fell by "
-          f"{100 * (a['accuracy'] - b['accuracy']):.1f} points, the mean cost by {100 * (1 - b['cost'] / a['cost']):.0f}%.")
+          f"{100 * (a['accuracy'] - b['accuracy']):.1f} points, the mean cost by "
+          f"{100 * (1 - b['cost'] / a['cost']):.0f}%.")
 
     print("\n(b) Can the rule trust P(Shirt)? It acts on P(Shirt) mostly where Shirt is NOT the top class, which "
           "top-label calibration (ECE, below) never checks. P(Shirt) on every test image against how often the "
@@ -457,8 +459,9 @@ def param_mb(K: int, d: int) -> float:
 
 
 def time_steps(K: int, d: int = 784, batch: int = 256, n_sampled: int | None = None, layout=chapter_layout,
-               reps: int = 3) -> dict:
-    """Median seconds and peak memory rise of one training step with ``K`` classes (full, or sampled softmax)."""
+               reps: int = 5) -> dict:
+    """Seconds (the best of ``reps``: other processes only ever add time) and peak memory rise of one training step
+    with ``K`` classes (full, or sampled softmax)."""
     gen = torch.Generator().manual_seed(0)
     X, y = torch.randn(batch, d, generator=gen), torch.randint(0, K, (batch,), generator=gen)
     with PeakRSS() as mem:
@@ -469,7 +472,7 @@ def time_steps(K: int, d: int = 784, batch: int = 256, n_sampled: int | None = N
             t = time.perf_counter()
             full_step(X, y, W, b) if neg is None else sampled_step(X, y, W, b, neg)
             times.append(time.perf_counter() - t)
-    return {"K": K, "seconds": statistics.median(times[1:]), "peak_mb": mem.delta_mb, "param_mb": param_mb(K, d)}
+    return {"K": K, "seconds": min(times[1:]), "peak_mb": mem.delta_mb, "param_mb": param_mb(K, d)}
 
 
 def zipf_prior(K: int, s: float = 1.0) -> Tensor:
@@ -570,18 +573,25 @@ def sampled_gradient_error(logits: Tensor, y: Tensor, Q: Tensor, n_sampled: int,
 def exercise5(max_classes: int = 100_000) -> dict:
     _title(5, "predicting the next word: what does a huge vocabulary cost?")
     sizes = [k for k in (10, 100, 1_000, 10_000, 100_000) if k <= max_classes]
-    print(f"One SGD step, batch 256, 784 synthetic features, float32, median of 3, torch threads: "
+    print(f"One SGD step, batch 256, 784 synthetic features, float32, best of 5 (sampled: of 15), torch threads: "
           f"{torch.get_num_threads()}. Sampled softmax: each example's class against 1024 sampled negatives.")
     print(f"{'classes':>8} {'W,b MB':>8} {'full s/step':>12} {'full peak MB':>13} {'sampled s/step, d x K':>22} "
           f"{'sampled, K x d':>15}")
+    layouts = (chapter_layout, row_layout)
+    sampled = {}  # the sampled steps are short: 3 interleaved rounds, the best of all, so a busy moment counts less
+    for _ in range(3):
+        for K in (k for k in sizes if k > 1024):
+            for lay in layouts:
+                t = time_steps(K, n_sampled=1024, layout=lay)["seconds"]
+                sampled[K, lay.__name__] = min(t, sampled.get((K, lay.__name__), math.inf))
     rows = []
     for K in sizes:
         full = time_steps(K)
-        sampled = {lay.__name__: time_steps(K, n_sampled=1024, layout=lay) for lay in (chapter_layout, row_layout)} \
-            if K > 1024 else None
-        rows.append({"full": full, "sampled": sampled})
-        s = (f"{sampled['chapter_layout']['seconds']:>22.4f} {sampled['row_layout']['seconds']:>15.4f}" if sampled
-             else f"{'-':>22} {'-':>15}")
+        row = {"full": full, "sampled": {lay.__name__: {"seconds": sampled[K, lay.__name__]} for lay in layouts}
+               if K > 1024 else None}
+        rows.append(row)
+        s = (f"{row['sampled']['chapter_layout']['seconds']:>22.4f} {row['sampled']['row_layout']['seconds']:>15.4f}"
+             if K > 1024 else f"{'-':>22} {'-':>15}")
         print(f"{K:>8d} {full['param_mb']:>8.1f} {full['seconds']:>12.4f} {full['peak_mb']:>13.1f} {s}")
     if len(rows) >= 2 and rows[-1]["sampled"] and rows[-2]["sampled"]:
         r = lambda lay: rows[-1]["sampled"][lay]["seconds"] / rows[-2]["sampled"][lay]["seconds"]  # noqa: E731
@@ -606,15 +616,21 @@ def exercise5(max_classes: int = 100_000) -> dict:
                   f"{hN['ppl']:>7.1f} {hN['rare_acc']:>12.4f}")
     g = torch.Generator().manual_seed(2)
     z, y = torch.randn(64, K, generator=g) * 2, torch.randint(0, K, (64,), generator=g)
-    errs = {c: sampled_gradient_error(z, y, zipf_prior(K), S, corrected=c) for c in (False, True)}
-    print(f"\nGradient check (64 random logit rows, K = {K}, unigram proposal, averaged over 200 samples): distance "
-          f"to the full softmax gradient {errs[False]:.3f} uncorrected, {errs[True]:.3f} with the log-Q correction.")
+    print(f"\nGradient check: 64 random logit rows, K = {K}, unigram (Zipf) proposal; the sampled gradient averaged "
+          f"over 200 samples, its mean L1 distance to the full softmax gradient:")
+    print(f"{'negatives':>9} {'uncorrected':>12} {'log-Q':>7}")
+    errs = {}
+    for n in (S, 512):
+        errs[n] = {c: sampled_gradient_error(z, y, zipf_prior(K), n, corrected=c) for c in (False, True)}
+        print(f"{n:>9d} {errs[n][False]:>12.3f} {errs[n][True]:>7.3f}")
     print("Every full step computes a (batch x K) score matrix and a gradient for all K x d weights: time and memory "
-          "grow linearly in K. Sampled softmax saves that compute and those activations, not the parameters (nor an "
-          "optimizer's copies of them), and its step is flat in K only if each class's weights are stored together. "
-          "With a non-uniform proposal the logits need the log-Q correction. Early in training sampled softmax can "
-          "look as good as or better than the full softmax; trained out, the full softmax wins. Prediction still "
-          "scores every class.")
+          "grow with K (at least linearly). Sampled softmax saves that compute and those activations, not the "
+          "parameters (nor an optimizer's copies of them). Its step grows far slower than K, and hardly at all when "
+          "each class's weights are stored together (one row per class, as an embedding table). With a non-uniform "
+          "proposal the logits need the log-Q correction: with it the sampled gradient approaches the full one as the "
+          "sample grows, without it it stays biased. After 3 epochs sampled softmax can match or beat the full "
+          "softmax on accuracy; after 20 the full softmax wins on accuracy and perplexity in every comparison. "
+          "Prediction still scores every class.")
     return {"steps": rows, "compare": results, "gradient_error": errs}
 
 

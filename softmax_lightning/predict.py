@@ -132,16 +132,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=("en", "zh"), default="en")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="prediction grid PNG (default: <run folder>/predict/predictions.png)")
-    p.add_argument("--cost-matrix", help="10x10 costs, rows true class, columns predicted, all >= 0: predict the "
-                                         "class of least expected cost (the Bayes rule)")
-    p.add_argument("--abstain-cost", type=float, help="the cost of abstaining (handing the image to a person): abstain "
-                   "where every class's expected cost is higher; without --cost-matrix a mistake costs 1, so this "
-                   "abstains where the top probability < 1 - C (Chow's rule)")
-    p.add_argument("--reject-below", type=float, metavar="TAU", help="Chow's rule by its threshold: abstain where the "
-                   "top probability < TAU (the same as --abstain-cost 1-TAU; not with --cost-matrix)")
-    p.add_argument("--prior", help="class frequencies where the model is used, 10 positive numbers in class order, "
-                                   "e.g. 1,1,1,1,1,1,3,1,1,1: probabilities are corrected from the training split's "
-                                   "(uniform) frequencies before any rule")
+    p.add_argument("--cost-matrix", metavar="FILE",
+                   help="10x10 costs, rows true class, columns predicted, all >= 0: predict the class of least "
+                        "expected cost (the Bayes rule)")
+    p.add_argument("--abstain-cost", type=float, metavar="C",
+                   help="the cost of abstaining (handing the image to a person): abstain where every class's expected "
+                        "cost is higher; without --cost-matrix a mistake costs 1, so this abstains where the top "
+                        "probability < 1 - C (Chow's rule)")
+    p.add_argument("--reject-below", type=float, metavar="TAU",
+                   help="Chow's rule by its threshold: abstain where the top probability < TAU (the same as "
+                        "--abstain-cost 1-TAU; not with --cost-matrix)")
+    p.add_argument("--prior", metavar="P",
+                   help="class frequencies where the model is used, 10 positive numbers in class order, e.g. "
+                        "1,1,1,1,1,1,3,1,1,1: probabilities are corrected from the training split's (uniform) "
+                        "frequencies before any rule")
     return p
 
 
@@ -195,9 +199,13 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     elif y is not None:
         print(f"{'#':>3}  {'true':<12} {'predicted':<12} {'p':>6}")
         for r in records:
-            mark = "" if r["true"] == r["predicted"] else "  <- wrong"
+            mark = "" if r["true"] == r["predicted"] or r["predicted"] == "(abstain)" else "  <- wrong"
             print(f"{r['image']:>3}  {r['true']:<12} {r['predicted']:<12} {r['probability']:6.3f}{mark}")
-        print(f"accuracy on these {len(records)}: {sum(r['true'] == r['predicted'] for r in records) / len(records):.3f}")
+        answered = [r for r in records if r["predicted"] != "(abstain)"]  # an abstention is handed to a person
+        acc = sum(r["true"] == r["predicted"] for r in answered) / len(answered) if answered else float("nan")
+        which = f"these {len(records)}" if len(answered) == len(records) else \
+            f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
+        print(f"accuracy on {which}: {acc:.3f}")
     else:
         for r in records:
             print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top3"]))
