@@ -1,17 +1,34 @@
 # Two commands for a new user: `make train` and `make test`. Set-up is idempotent: a second run installs nothing.
+# It installs exactly uv.lock into .venv with uv, which it bootstraps from python3 into .tools/ (docs/setup.md).
+PYTHON  ?= python3
 PY      := .venv/bin/python
 DATA    := data/FashionMNIST/raw
 SYSDATA := /usr/share/datasets/fashion-mnist
-STAMP   := .venv/.installed
-NBSTAMP := .venv/.notebook-installed
+UV_VERSION := 0.13.9
+UV      := .tools/bin/uv
+UVSTAMP := .tools/.uv-$(UV_VERSION)
+STAMP   := .venv/.synced
+NBSTAMP := .venv/.notebook-synced
+LATEST  := .venv-latest
+LINTED  := softmax_lightning scripts tests notebooks/softmax_regression.py
+# The extras synced into .venv: test always, notebook once `make notebook` has asked for it (so that neither target
+# uninstalls what the other installed).
+EXTRAS  = --extra test $(if $(wildcard $(NBSTAMP)),--extra notebook)
 
-.PHONY: train test setup data fonts benchmark exercises notebook notebook-outputs clean
+.PHONY: train test lint setup data fonts benchmark exercises notebook notebook-outputs tensorboard test-latest lock \
+        clean
 
 train: setup data
 	$(PY) scripts/train.py $(ARGS)
 
+# The test suite, then the linter (so that a formatting finding never hides a test result).
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory lint
+
+lint: setup
+	.venv/bin/ruff check $(LINTED)
+	.venv/bin/ruff format --check $(LINTED)
 
 benchmark: setup data
 	$(PY) scripts/benchmark.py $(ARGS)
@@ -19,23 +36,47 @@ benchmark: setup data
 exercises: setup data
 	$(PY) -m softmax_lightning.exercises all
 
+# TensorBoard from .venv on the runs in lightning_logs/ (no need to activate the venv): http://localhost:6006
+tensorboard: setup
+	.venv/bin/tensorboard --logdir lightning_logs $(ARGS)
+
 setup: $(STAMP) fonts
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+# uv itself, pinned, in a small venv of its own made with python3 (nothing to install by hand).
+$(UVSTAMP):
+	rm -rf .tools
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	touch $@
+
+# .venv = uv.lock, package for package (this project editable). --locked fails if pyproject.toml and uv.lock disagree.
+$(STAMP): pyproject.toml uv.lock $(UVSTAMP)
+	$(UV) sync --locked --python $(PYTHON) $(EXTRAS)
+	touch $@
+
+# Re-resolve uv.lock from pyproject.toml (the one command that writes it; commit the result).
+lock: $(UVSTAMP)
+	$(UV) lock
+
+# The test suite on the newest releases that pyproject.toml allows, in a throwaway venv (.venv-latest/, rebuilt each
+# time; uv.lock and .venv are untouched). The versions it ran with are printed first.
+test-latest: $(UVSTAMP) data fonts
+	rm -rf $(LATEST)
+	$(UV) venv -q --python $(PYTHON) $(LATEST)
+	$(UV) pip install -q --python $(LATEST)/bin/python --no-config --resolution highest -e '.[test]'
+	$(UV) pip list --python $(LATEST)/bin/python
+	$(LATEST)/bin/python -m pytest --deselect tests/test_lock.py::test_installed_packages_match_lock \
+	  $(PYTEST_ARGS)
 
 # The chapter as a Jupyter notebook: JupyterLab (the `notebook` extra, which `make train` / `make test` skip), this
 # .venv registered as the kernel "softmax-lightning (.venv)", then JupyterLab on the notebook. Offline, on data/.
-notebook: setup data $(NBSTAMP)
+notebook: $(NBSTAMP) setup data
 	$(PY) -m ipykernel install --user --name softmax-lightning --display-name "softmax-lightning (.venv)"
 	.venv/bin/jupyter lab --notebook-dir=. notebooks/softmax_regression.ipynb
 
-$(NBSTAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[notebook]'
-	touch $(NBSTAMP)
+$(NBSTAMP): pyproject.toml uv.lock $(UVSTAMP)
+	$(UV) sync --locked --python $(PYTHON) --extra test --extra notebook
+	touch $@ $(STAMP)
 
 # Execute notebooks/softmax_regression.py in a fresh kernel and store the outputs in notebooks/softmax_regression.ipynb.
 notebook-outputs: setup data
@@ -61,4 +102,4 @@ fonts:
 	fi
 
 clean:
-	rm -rf lightning_logs benchmark.json
+	rm -rf lightning_logs benchmark.json $(LATEST)
