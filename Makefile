@@ -7,16 +7,15 @@ SYSDATA := /usr/share/datasets/fashion-mnist
 UV_VERSION := 0.13.9
 UV      := .tools/bin/uv
 UVSTAMP := .tools/.uv-$(UV_VERSION)
-STAMP   := .venv/.synced
-NBSTAMP := .venv/.notebook-synced
-LATEST  := .venv-latest
+NBMARK  := .venv/.with-notebook
 LINTED  := softmax_lightning scripts tests notebooks/softmax_regression.py
-# The extras synced into .venv: test always, notebook once `make notebook` has asked for it (so that neither target
-# uninstalls what the other installed).
-EXTRAS  = --extra test $(if $(wildcard $(NBSTAMP)),--extra notebook)
+# .venv = uv.lock, package for package (this project editable): the test extra always, the notebook extra once
+# `make notebook` has installed it. --locked fails if pyproject.toml and uv.lock disagree. With nothing to change it
+# checks and installs nothing (about 0.1 s), so it runs every time and also undoes changes made to .venv by hand.
+SYNC    = $(UV) sync --locked --python $(PYTHON) --extra test
 
-.PHONY: train test lint setup data fonts benchmark exercises notebook notebook-outputs tensorboard test-latest lock \
-        clean
+.PHONY: train test lint setup data fonts benchmark exercises notebook notebook-outputs tensorboard test-latest \
+        test-oldest lock clean
 
 train: setup data
 	$(PY) scripts/train.py $(ARGS)
@@ -40,7 +39,8 @@ exercises: setup data
 tensorboard: setup
 	.venv/bin/tensorboard --logdir lightning_logs $(ARGS)
 
-setup: $(STAMP) fonts
+setup: $(UVSTAMP) fonts
+	$(SYNC) $(if $(wildcard $(NBMARK)),--extra notebook)
 
 # uv itself, pinned, in a small venv of its own made with python3 (nothing to install by hand).
 $(UVSTAMP):
@@ -49,34 +49,29 @@ $(UVSTAMP):
 	.tools/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	touch $@
 
-# .venv = uv.lock, package for package (this project editable). --locked fails if pyproject.toml and uv.lock disagree.
-$(STAMP): pyproject.toml uv.lock $(UVSTAMP)
-	$(UV) sync --locked --python $(PYTHON) $(EXTRAS)
-	touch $@
-
 # Re-resolve uv.lock from pyproject.toml (the one command that writes it; commit the result).
 lock: $(UVSTAMP)
 	$(UV) lock
 
-# The test suite on the newest releases that pyproject.toml allows, in a throwaway venv (.venv-latest/, rebuilt each
-# time; uv.lock and .venv are untouched). The versions it ran with are printed first.
-test-latest: $(UVSTAMP) data fonts
-	rm -rf $(LATEST)
-	$(UV) venv -q --python $(PYTHON) $(LATEST)
-	$(UV) pip install -q --python $(LATEST)/bin/python --no-config --resolution highest -e '.[test]'
-	$(UV) pip list --python $(LATEST)/bin/python
-	$(LATEST)/bin/python -m pytest --deselect tests/test_lock.py::test_installed_packages_match_lock \
+# The test suite on the newest releases that pyproject.toml allows (test-latest), or on the oldest that its lower
+# bounds allow (test-oldest), in a throwaway venv (.venv-latest/ or .venv-oldest/, rebuilt each time; uv.lock and
+# .venv are untouched). The versions it ran with are printed first; the test that .venv matches uv.lock is left out.
+test-latest test-oldest: $(UVSTAMP) data fonts
+	rm -rf $(@:test-%=.venv-%)
+	$(UV) venv -q --python $(PYTHON) $(@:test-%=.venv-%)
+	$(UV) pip install -q --python $(@:test-%=.venv-%)/bin/python --no-config \
+	  --resolution $(if $(filter test-oldest,$@),lowest-direct,highest) -e '.[test]'
+	$(UV) pip list --python $(@:test-%=.venv-%)/bin/python
+	$(@:test-%=.venv-%)/bin/python -m pytest --deselect tests/test_lock.py::test_installed_packages_match_lock \
 	  $(PYTEST_ARGS)
 
 # The chapter as a Jupyter notebook: JupyterLab (the `notebook` extra, which `make train` / `make test` skip), this
 # .venv registered as the kernel "softmax-lightning (.venv)", then JupyterLab on the notebook. Offline, on data/.
-notebook: $(NBSTAMP) setup data
+notebook: $(UVSTAMP) fonts data
+	$(SYNC) --extra notebook
+	touch $(NBMARK)
 	$(PY) -m ipykernel install --user --name softmax-lightning --display-name "softmax-lightning (.venv)"
 	.venv/bin/jupyter lab --notebook-dir=. notebooks/softmax_regression.ipynb
-
-$(NBSTAMP): pyproject.toml uv.lock $(UVSTAMP)
-	$(UV) sync --locked --python $(PYTHON) --extra test --extra notebook
-	touch $@ $(STAMP)
 
 # Execute notebooks/softmax_regression.py in a fresh kernel and store the outputs in notebooks/softmax_regression.ipynb.
 notebook-outputs: setup data
@@ -102,4 +97,4 @@ fonts:
 	fi
 
 clean:
-	rm -rf lightning_logs benchmark.json $(LATEST)
+	rm -rf lightning_logs benchmark.json .venv-latest .venv-oldest

@@ -53,8 +53,14 @@ def recorded(lock: dict) -> set[tuple[str, str, str, str]]:
     out = set()
     for dep in root_package(lock)["metadata"].get("requires-dist", []):
         extra = re.search(r"extra == '([^']+)'", dep.get("marker", ""))
-        out.add((canonicalize_name(dep["name"]), ",".join(sorted(dep.get("extras", []))),
-                 str(SpecifierSet(dep.get("specifier", ""))), extra.group(1) if extra else ""))
+        out.add(
+            (
+                canonicalize_name(dep["name"]),
+                ",".join(sorted(dep.get("extras", []))),
+                str(SpecifierSet(dep.get("specifier", ""))),
+                extra.group(1) if extra else "",
+            )
+        )
     return out
 
 
@@ -108,14 +114,18 @@ def test_lock_records_pyproject_requirements():
     assert want == have, (
         f"pyproject.toml and uv.lock disagree: {FIX}.\n"
         + "".join(f"  only in pyproject.toml: {show(r)}\n" for r in sorted(want - have))
-        + "".join(f"  only in uv.lock:        {show(r)}\n" for r in sorted(have - want)))
+        + "".join(f"  only in uv.lock:        {show(r)}\n" for r in sorted(have - want))
+    )
     assert SpecifierSet(lock["requires-python"]) == SpecifierSet(pyproject["project"]["requires-python"]), FIX
-    constraints = {(canonicalize_name(c["name"]), str(SpecifierSet(c.get("specifier", ""))))
-                   for c in lock.get("manifest", {}).get("constraints", [])}
+    constraints = {
+        (canonicalize_name(c["name"]), str(SpecifierSet(c.get("specifier", ""))))
+        for c in lock.get("manifest", {}).get("constraints", [])
+    }
     declared_constraints = [Requirement(c) for c in pyproject["tool"]["uv"].get("constraint-dependencies", [])]
     assert constraints == {(canonicalize_name(r.name), str(r.specifier)) for r in declared_constraints}, FIX
     assert set(root_package(lock)["metadata"].get("provides-extras", [])) == set(
-        pyproject["project"]["optional-dependencies"]), FIX
+        pyproject["project"]["optional-dependencies"]
+    ), FIX
 
 
 def test_uv_lock_check():
@@ -131,25 +141,44 @@ def test_installed_packages_match_lock():
     need = locked_packages(lock, {"test"})  # what `uv sync --locked --extra test` installs
     allowed = locked_packages(lock, set(root_package(lock).get("optional-dependencies", {})))  # all extras
     have = installed_packages()
-    problems = [f"  {name}: uv.lock has {version}, not installed" for name, version in sorted(need.items())
-                if name not in have]
-    problems += [f"  {name}: installed {version}, uv.lock has {allowed[name]}" for name, version in sorted(have.items())
-                 if name in allowed and Version(version) != Version(allowed[name])]
-    problems += [f"  {name}: installed {version}, not in uv.lock" for name, version in sorted(have.items())
-                 if name not in allowed]
+    problems = [
+        f"  {name}: uv.lock has {version}, not installed" for name, version in sorted(need.items()) if name not in have
+    ]
+    problems += [
+        f"  {name}: installed {version}, uv.lock has {allowed[name]}"
+        for name, version in sorted(have.items())
+        if name in allowed and Version(version) != Version(allowed[name])
+    ]
+    problems += [
+        f"  {name}: installed {version}, not in uv.lock"
+        for name, version in sorted(have.items())
+        if name not in allowed
+    ]
     assert not problems, f"{sys.prefix} differs from uv.lock: {SYNC}.\n" + "\n".join(problems)
 
 
 def test_locked_packages_follow_markers_and_extras():
-    lock = {"package": [
-        {"name": "app", "version": "1", "source": {"editable": "."},
-         "dependencies": [{"name": "a"}, {"name": "win", "marker": "sys_platform == 'no-such-platform'"}],
-         "optional-dependencies": {"test": [{"name": "b", "version": "2", "marker": "python_full_version >= '3'"},
-                                            {"name": "b", "version": "1", "marker": "python_full_version < '3'"}]}},
-        {"name": "a", "version": "1", "dependencies": [{"name": "c", "extra": ["fast"]}]},
-        {"name": "b", "version": "1"}, {"name": "b", "version": "2"}, {"name": "win", "version": "1"},
-        {"name": "c", "version": "1", "optional-dependencies": {"fast": [{"name": "d"}]}},
-        {"name": "d", "version": "1"},
-    ]}
+    lock = {
+        "package": [
+            {
+                "name": "app",
+                "version": "1",
+                "source": {"editable": "."},
+                "dependencies": [{"name": "a"}, {"name": "win", "marker": "sys_platform == 'no-such-platform'"}],
+                "optional-dependencies": {
+                    "test": [
+                        {"name": "b", "version": "2", "marker": "python_full_version >= '3'"},
+                        {"name": "b", "version": "1", "marker": "python_full_version < '3'"},
+                    ]
+                },
+            },
+            {"name": "a", "version": "1", "dependencies": [{"name": "c", "extra": ["fast"]}]},
+            {"name": "b", "version": "1"},
+            {"name": "b", "version": "2"},
+            {"name": "win", "version": "1"},
+            {"name": "c", "version": "1", "optional-dependencies": {"fast": [{"name": "d"}]}},
+            {"name": "d", "version": "1"},
+        ]
+    }
     assert locked_packages(lock, set()) == {"app": "1", "a": "1", "c": "1", "d": "1"}
     assert locked_packages(lock, {"test"}) == {"app": "1", "a": "1", "c": "1", "d": "1", "b": "2"}
