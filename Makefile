@@ -42,11 +42,14 @@ tensorboard: setup
 setup: $(UVSTAMP) fonts
 	$(SYNC) $(if $(wildcard $(NBMARK)),--extra notebook)
 
-# uv itself, pinned, in a small venv of its own made with python3 (nothing to install by hand).
+# uv itself, pinned, in a small venv of its own made with python3 (nothing to install by hand). python3's own pip
+# installs it there (quicker than a venv with pip inside); without a usable pip, the venv gets one from ensurepip.
 $(UVSTAMP):
 	rm -rf .tools
-	$(PYTHON) -m venv .tools
-	.tools/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(PYTHON) -m venv --without-pip .tools
+	$(PYTHON) -m pip --python .tools/bin/python install -q --disable-pip-version-check uv==$(UV_VERSION) || \
+	  (.tools/bin/python -m ensurepip >/dev/null && .tools/bin/python -m pip install -q --disable-pip-version-check \
+	   uv==$(UV_VERSION))
 	touch $@
 
 # Re-resolve uv.lock from pyproject.toml (the one command that writes it; commit the result).
