@@ -25,9 +25,9 @@ test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory lint
 
+# ruff's findings (rules in pyproject.toml), then the files `ruff format` would change; fails if either finds any.
 lint: setup
-	.venv/bin/ruff check $(LINTED)
-	.venv/bin/ruff format --check $(LINTED)
+	.venv/bin/ruff check $(LINTED); found=$$?; .venv/bin/ruff format --check $(LINTED) && exit $$found
 
 benchmark: setup data
 	$(PY) scripts/benchmark.py $(ARGS)
