@@ -219,9 +219,9 @@ NOISE = ("litlogger", "litmodels", "Seed set to", "Received SIGTERM", "Detected 
 @contextmanager
 def quiet_lightning():
     """Drop lines of noise Lightning prints on every run while the block runs (adverts, the seed, which
-    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and three warnings: a torch
+    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and four warnings: a torch
     deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
-    and the seed's bounds (the data module refuses such a seed in one line)."""
+    the seed's bounds (the data module refuses such a seed in one line), and torchmetrics' about restored sums."""
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
 
@@ -234,6 +234,9 @@ def quiet_lightning():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         warnings.filterwarnings("ignore", message=r".* is not in bounds, numpy accepts")
+        # resumed before an epoch's end, the train metrics have their sums from the checkpoint, which torchmetrics
+        # does not count as updates
+        warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
         try:
             yield
         finally:
