@@ -10,6 +10,8 @@ One Lightning batch is one minibatch: 235 per training epoch at batch size 256, 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import lightning as L
@@ -205,6 +207,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
             for X in {id(X): X for X, _ in splits.values()}.values():  # val may alias test: each tensor once
                 X.sub_(mean).div_(std)
         self.train_set, self.val_set, self.test_set = (InMemoryDataset(*splits[s]) for s in ("train", "val", "test"))
+        if self.trainer is not None:
+            self._check_batch_limits()
+
+    def _check_batch_limits(self) -> None:
+        """Refuse a fraction ``limit_<stage>_batches`` of the Trainer (``overfit_batches`` sets those too) that
+        leaves a split no batch at all, now, before training: Lightning finds out only when that stage starts (the
+        test split: after fitting)."""
+        world, size = self.trainer.world_size, self.hparams.batch_size
+        for stage, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            batches = math.ceil(math.ceil(len(dataset) / world) / size)  # per process
+            name = f"limit_{stage}_batches"
+            fraction = getattr(self.trainer, name, None)
+            if isinstance(fraction, float) and 0 < fraction < 1 and int(batches * fraction) == 0:
+                raise UserError(f"{name} {fraction:g} of the {batches} {stage} batches is none; pass a fraction of at "
+                                f"least {1 / batches:.3g}, or a number of batches (--trainer.{name})")
 
     def _loader(self, dataset: InMemoryDataset, shuffle: bool = False) -> DataLoader:
         """One loader factory for every split: train shuffles (``EpochShuffle``), the others keep the files' order

@@ -9,9 +9,9 @@ predict's ``check_options``), the class built directly (``SoftmaxRegression``, `
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -31,7 +31,7 @@ from softmax_lightning.model import MAX_SCALE, SoftmaxRegression
 from softmax_lightning.options import (MAX_CONFIG_VALUES, MAX_COUNT, MAX_SEED, check_config_files, check_options,
                                        check_trainer, max_cpu_processes)
 from softmax_lightning.errors import UserError
-from tests.conftest import ROOT, one_error_line, snapshot, train_args, write_fake_split
+from tests.conftest import ROOT, one_error_line, train_args, write_fake_split
 
 NAME_MAX = 255  # the longest file name Linux file systems take (ext4, tmpfs, btrfs, xfs)
 
@@ -55,14 +55,24 @@ def device_node(tmp_path) -> Path:
     return path
 
 
+def tree(folder: Path) -> dict[str, str]:
+    """Everything under ``folder``, by relative path: a file's checksum, or what else it is (a folder too, even
+    empty, so that a refusal that leaves an empty folder behind is seen)."""
+    found = {}
+    for p in folder.rglob("*"):
+        mode = os.lstat(p).st_mode
+        found[str(p.relative_to(folder))] = ("folder" if stat.S_ISDIR(mode) else f"special {stat.S_IFMT(mode)}"
+                                             if not stat.S_ISREG(mode) else hashlib.sha256(p.read_bytes()).hexdigest())
+    return found
+
+
 def refused(capsys, tmp_path: Path, args: list[str], *fragments: str) -> str:
     """``scripts/train.py``'s main refuses ``args``: exit 2, one error line holding ``fragments``, ``tmp_path``
-    unchanged (no run folder, nothing written)."""
-    before = snapshot(tmp_path)
+    unchanged (no run folder, no empty folder, nothing written)."""
+    before = tree(tmp_path)
     assert main(args) == 2
     line = one_error_line(capsys.readouterr().err, *fragments)
-    assert snapshot(tmp_path) == before
-    assert not list(tmp_path.rglob("version_*"))
+    assert tree(tmp_path) == before
     return line
 
 
@@ -224,6 +234,24 @@ def test_val_check_interval_boundaries(capsys, tmp_path, limit, beyond):
             "val_check_interval must be", "(--trainer.val_check_interval)")
 
 
+@pytest.mark.parametrize("name,stage", [("limit_train_batches", "train"), ("limit_val_batches", "val"),
+                                        ("limit_test_batches", "test")])
+def test_batch_fractions_that_leave_no_batch(capsys, tmp_path, fake, name, stage):
+    """With 16 images a batch, the fake splits (64 train, 32 test) have 4 and 2 batches: a fraction of 1/4 (1/2)
+    keeps one batch, anything less keeps none and is refused before training (the test split's too), with the
+    run folder made for it removed again."""
+    batches = 4 if stage == "train" else 2
+    cli = make_cli(["--trainer.default_root_dir=" + str(tmp_path / "root"), f"--data.data_dir={fake}",
+                    "--data.download=false", "--data.batch_size=16", f"--trainer.{name}={1 / batches}"])
+    cli.run_folder.release(failed=True)
+    cli.datamodule.trainer = cli.trainer  # (what fit does first)
+    cli.datamodule.setup("fit")
+    args = [f"--trainer.default_root_dir={tmp_path / 'root'}", f"--data.data_dir={fake}", "--data.download=false",
+            "--data.batch_size=16", "--trainer.enable_progress_bar=false"]
+    refused(capsys, tmp_path, [*args, f"--trainer.{name}={1 / batches * 0.99}"],
+            f"{name} {1 / batches * 0.99:g} of the {batches} {stage} batches is none", f"(--trainer.{name})")
+
+
 @pytest.mark.parametrize("beyond", ["1", "-1", ".nan", "0.5"])
 def test_gradient_clip_val_only_zero(capsys, tmp_path, beyond):
     check_trainer(trainer_config(gradient_clip_val=0))
@@ -285,9 +313,8 @@ def test_trainer_values_accepted_by_the_same_stack(tmp_path):
 
 def test_default_root_dir_boundaries(capsys, tmp_path):
     top = tmp_path / ("r" * NAME_MAX)
-    built(tmp_path, f"--trainer.default_root_dir={top}")  # the last one wins
-    assert (top / "lightning_logs").is_dir() and not list(top.rglob("version_*"))  # released, removed
-    shutil.rmtree(top)
+    assert built(tmp_path, f"--trainer.default_root_dir={top}").trainer.default_root_dir == str(top)  # (last wins)
+    assert not top.exists()  # made for the run folder, and removed with it
     refused(capsys, tmp_path, [*train_args(tmp_path / "root"), "--trainer.default_root_dir="],
             "--trainer.default_root_dir is an empty string")
     refused(capsys, tmp_path, [*train_args(tmp_path / "root"), f"--trainer.default_root_dir={tmp_path / ('r' * 256)}"],
@@ -390,11 +417,11 @@ def predict_ok(*args) -> tuple:
 
 
 def predict_refused(capsys, tmp_path: Path, args: list, *fragments: str) -> str:
-    before = snapshot(tmp_path)
+    before = tree(tmp_path)
     assert predict.main([str(a) for a in args]) == 2
     out, err = capsys.readouterr()
     line = one_error_line(err, *fragments)
-    assert out == "" and snapshot(tmp_path) == before
+    assert out == "" and tree(tmp_path) == before
     return line
 
 
@@ -531,13 +558,13 @@ def test_benchmark_count_boundaries(capsys, tmp_path, benchmark, flag, top):
     ("--help", "prints and stops"), ("--config /dev/zero", "not a regular file"),
 ])
 def test_benchmark_project_args_refused_before_timing(capsys, tmp_path, benchmark, data_dir, project_args, text):
-    before = snapshot(tmp_path)
+    before = tree(tmp_path)
     code = benchmark.main(["--skip-d2l", "--epochs", "1", "--out", str(tmp_path / "b.json"),
                            f"--project-args={project_args}"])
     out, err = capsys.readouterr()
     assert code == 2 and out == "", out
     one_error_line(err, text)
-    assert snapshot(tmp_path) == before
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("out,text", [("", "--out is an empty string"), ("o" * 256, "File name too long"),
