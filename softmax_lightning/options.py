@@ -20,8 +20,8 @@ from softmax_lightning.io import check_path, read_small_text
 
 MAX_SEED = 2**32 - 1  # the largest seed NumPy (and so Lightning's seed_everything) accepts
 MAX_COUNT = 10**9  # the largest epoch, step or interval count accepted: beyond it, only a typo
-PATH_OPTIONS = {"--config": "YAML file", "--ckpt_path": ".ckpt file (or 'last')",
-                "--trainer.default_root_dir": "folder path", "--data.data_dir": "folder path"}
+PATH_OPTIONS = {"--ckpt_path": ".ckpt file (or 'last')", "--trainer.default_root_dir": "folder path",
+                "--data.data_dir": "folder path"}  # (a config option may also hold YAML inline: check_config_files)
 CONFIG_GROUPS = ("--config", "--model", "--data", "--trainer", "--figures")  # options that take a config file
 MAX_CONFIG_VALUES = 100_000  # a YAML config may expand (through aliases) to at most this many values
 CLUSTER_VARIABLES = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "NODE_RANK", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE")
@@ -127,6 +127,8 @@ def check_options(args: list[str]) -> list[str]:
     for flag, what in PATH_OPTIONS.items():
         for value in _values(args, flag):
             check_path(value, flag, what)
+    if any(not value.strip() for value in _values(args, "--config")):
+        raise UserError("--config is an empty string; pass a YAML file")
     for value in _values(args, "--seed_everything"):
         try:
             check_seed(yaml.safe_load(value))  # as jsonargparse reads it: "1_000" is 1000, "true" a bool

@@ -36,7 +36,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (pip install hypothesis)")
-from hypothesis import HealthCheck, given, note, seed, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, note, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from softmax_lightning import cli, predict  # noqa: E402
@@ -278,6 +278,7 @@ def test_train_options_fuzz(option, capsys, no_system_data):
         with bounded(SECONDS):
             code = cli.main(args)
         out, err = capsys.readouterr()
+        event(f"exit code {code}")  # (--hypothesis-show-statistics: how many examples ran, how many were refused)
         check_outcome(code, err, cwd, before)
 
 
@@ -321,4 +322,5 @@ def test_predict_options_fuzz(option, capsys, no_system_data):
         with bounded(SECONDS):
             code = predict.main(args)
         out, err = capsys.readouterr()
+        event(f"exit code {code}")  # (--hypothesis-show-statistics: how many examples ran, how many were refused)
         check_outcome(code, err, cwd, before)

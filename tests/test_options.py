@@ -388,6 +388,9 @@ def test_config_files_that_are_not_regular_files(capsys, tmp_path, flag):
 
 
 def test_config_empty_string_and_long_name(capsys, tmp_path):
+    inline = "{trainer: {max_epochs: 3}" + ", model: {lr: 0.5}" * 20 + "}"  # YAML given inline, longer than a name
+    assert len(inline) > NAME_MAX and check_options(["--config", inline]) == ["--config", inline]
+    assert built(tmp_path, "--config", inline).trainer.max_epochs == 3
     refused(capsys, tmp_path, train_args(tmp_path / "root", "--config="), "--config is an empty string")
     refused(capsys, tmp_path, train_args(tmp_path / "root", f"--config={'c' * 256}.yaml"), "File name too long")
 
