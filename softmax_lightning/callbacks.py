@@ -32,7 +32,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from softmax_lightning import figures
 from softmax_lightning.confusions import ConfusionExamples, most_confused_pairs
-from softmax_lightning.data import class_names
 from softmax_lightning.errors import UserError
 
 TRAIN, VAL = ("train_loss", "train_acc"), ("val_loss", "val_acc")
@@ -163,7 +162,8 @@ class ChapterFigures(EpochHistory):
     """
 
     def __init__(self, labels: str = "en", n_images: int = 16, val_name: str = "val") -> None:
-        class_names(labels)  # validate early
+        if labels not in ("en", "zh"):
+            raise UserError(f"labels must be 'en' or 'zh', got {labels!r} (--figures.labels)")
         if not 1 <= n_images <= MAX_IMAGES:
             raise UserError(f"n_images must be in 1..{MAX_IMAGES}, got {n_images} (--figures.n_images)")
         if val_name not in ("val", "test"):

@@ -43,7 +43,7 @@ from softmax_lightning.callbacks import ChapterFigures, EpochLog
 from softmax_lightning.checkpoint import LOGS, AtomicCheckpointIO, newest_checkpoint, read_checkpoint
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import exit_quietly_on_broken_pipe, write_error
+from softmax_lightning.io import check_path, exit_quietly_on_broken_pipe, write_error
 from softmax_lightning.model import SoftmaxRegression
 from softmax_lightning.options import check_config_files, check_options, check_trainer
 from softmax_lightning.resume import NothingToDo, Resume, typed_settings
@@ -111,7 +111,8 @@ class TrainCLI(LightningCLI):
         if "weights_only" in cfg:
             cfg.weights_only = True
         check_trainer(cfg.trainer)
-        if cfg.get("ckpt_path"):
+        if cfg.get("ckpt_path") is not None:
+            check_path(cfg.ckpt_path, "--ckpt_path", ".ckpt file (or 'last')")  # (also from a config file)
             self._start_from(cfg)
 
     def _start_from(self, cfg) -> None:
@@ -279,10 +280,11 @@ def main(args: list[str] | None = None) -> int:
     run_folder, code = RunFolder(), 1
     with quiet_lightning():
         try:
+            checked = check_options(argv[1:])
             if (ckpt := _option(argv, "--ckpt_path")) not in (None, "last"):
                 read_checkpoint(ckpt)  # LightningCLI reads its hyper-parameters first: refuse a bad file in one line
             try:
-                make_cli([argv[0], *check_options(argv[1:])], run_folder, recipe=recipe_mode, run=True)
+                make_cli([argv[0], *checked], run_folder, recipe=recipe_mode, run=True)
             except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
                 raise UserError(f"bad configuration: {one_line(e)} (see --help)") from None
             code = 0

@@ -36,7 +36,7 @@ from softmax_lightning.fashion_mnist import find_raw_files, load_split
 from softmax_lightning.decisions import ABSTAIN, check_abstain_cost, decide, load_cost_matrix, parse_prior, shift_prior
 from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.functional import evidence
-from softmax_lightning.io import check_regular_file, exit_quietly_on_broken_pipe, write_error
+from softmax_lightning.io import check_path, check_regular_file, exit_quietly_on_broken_pipe, write_error
 from softmax_lightning.model import SoftmaxRegression
 
 MAX_PIXELS = 64_000_000  # largest image accepted (8000 x 8000), checked from the header before decoding
@@ -207,6 +207,9 @@ def _check_writable(path: Path, flag: str) -> None:
     are made)."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name the PNG file to write")
+    if os.path.lexists(path) and not path.is_file():  # /dev/null, a FIFO: never replaced by a PNG
+        raise UserError(f"{flag} {path} is not a regular file (a device, FIFO, socket or broken link); name the PNG "
+                        f"file to write")
     folder = path.parent
     while not os.path.lexists(folder):
         folder = folder.parent
@@ -222,11 +225,12 @@ def check_options(args: argparse.Namespace) -> tuple[Path, Path | None, Path | N
     PNGs: ``None`` when not written)."""
     for flag, value in (("--ckpt_path", args.ckpt_path), ("--root_dir", args.root_dir),
                         ("--data.data_dir", args.data_dir), ("--out", args.out), ("--cost-matrix", args.cost_matrix)):
-        if value is not None and not value.strip():
-            raise UserError(f"{flag} is an empty string; pass a path")
+        if value is not None:
+            check_path(value, flag)  # not empty, not too long for the system
     if any(not p.strip() for p in args.images):
         raise UserError("an image path is an empty string; pass the paths of PNG or JPEG files")
     for p in args.images:
+        check_path(p, "image", "PNG or JPEG file")
         if not check_regular_file(Path(p), fix="pass a PNG or JPEG file"):
             raise UserError(f"image {p} not found; check the path")
     if args.n is not None and args.images:
@@ -410,7 +414,10 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``scripts/predict.py``; exit code 2 with one ``error:`` line on bad input, 141 when stdout is
     a pipe that closed early."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a usage error (2) whose one line argparse has printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         predict(args)
     except UserError as e:

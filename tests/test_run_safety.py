@@ -258,8 +258,9 @@ def test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder(tmp_path, fin
 @pytest.mark.parametrize("args,text", [
     (["--model.num_inputs=100"], "--model.num_inputs is not an option: the model's sizes come from the data"),
     (["--model.num_outputs=5"], "--model.num_outputs is not an option"),
-    (["--model.lr=1e308"], "training diverged"),
-    (["--model.init_std=1e30"], "training diverged"),
+    (["--model.lr=1e308"], "lr must be a number > 0 and <= 1e+06"),  # (its first update would overflow float32)
+    (["--model.init_std=1e30"], "init_std must be a number >= 0 and <= 1e+06"),
+    (["--model.lr=1e6", "--model.softmax=naive"], "training diverged"),
 ])
 def test_arguments_that_cannot_train_are_one_line_and_leave_no_run_folder(tmp_path, data_dir, capsys, args, text):
     expect_error(capsys, train_args(tmp_path, *SHORT, *args), text)
