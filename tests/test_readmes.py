@@ -14,8 +14,9 @@ READMES = {"README.md": "README.zh-CN.md", "README.zh-CN.md": "README.md"}  # ea
 PREFIXES = ("make ", "python ", "pip ", ".venv/bin/python ", "tensorboard ", "source ")
 TOP_LINES = 5  # "near its top": the link is among the first lines
 README_MAX_BYTES = 10_000  # the English README stays a front door; the detail lives in docs/
-PAGES = sorted({ROOT / "README.md", ROOT / "README.zh-CN.md", ROOT / "notebooks" / "README.md",
-                *(ROOT / "docs").glob("*.md")})
+PAGES = sorted(
+    {ROOT / "README.md", ROOT / "README.zh-CN.md", ROOT / "notebooks" / "README.md", *(ROOT / "docs").glob("*.md")}
+)
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")  # `code`, ``co`de``: links inside are not links
@@ -106,8 +107,10 @@ def test_commands_are_extracted_as_written():
 
 
 def test_links_are_found_outside_code_only():
-    text = ("See [a](a.md), ![pic](f/p.png \"title\") and <img src=\"f/q.png\" width=\"600\">, [web](https://x.y).\n"
-            "Not `[code](c.md)`.\n```\n[fenced](d.md)\n```\n[b](b.md#some-part) [self](#top)\n")
+    text = (
+        'See [a](a.md), ![pic](f/p.png "title") and <img src="f/q.png" width="600">, [web](https://x.y).\n'
+        "Not `[code](c.md)`.\n```\n[fenced](d.md)\n```\n[b](b.md#some-part) [self](#top)\n"
+    )
     assert links(text) == ["a.md", "f/p.png", "f/q.png", "https://x.y", "b.md#some-part", "#top"]
     assert images(text) == ["f/p.png", "f/q.png"]
 
@@ -121,17 +124,19 @@ def test_slugs_follow_github():
 def test_a_broken_link_is_reported(tmp_path):
     (tmp_path / "there.md").write_text("# A heading\n", encoding="utf-8")
     page = tmp_path / "page.md"
-    page.write_text("[ok](there.md#a-heading) [no file](gone.md) [no anchor](there.md#nowhere) [self](#x)\n# X\n",
-                    encoding="utf-8")
-    assert broken_links(page, tmp_path) == ["page.md: (gone.md): no file gone.md",
-                                  "page.md: (there.md#nowhere): no heading with anchor #nowhere in there.md"]
+    page.write_text(
+        "[ok](there.md#a-heading) [no file](gone.md) [no anchor](there.md#nowhere) [self](#x)\n# X\n", encoding="utf-8"
+    )
+    assert broken_links(page, tmp_path) == [
+        "page.md: (gone.md): no file gone.md",
+        "page.md: (there.md#nowhere): no heading with anchor #nowhere in there.md",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- the pages
 def test_every_relative_link_resolves():
-    broken = [line for page in PAGES for line in broken_links(page)]
-    assert not broken, "relative links that lead nowhere (fix the link, or the heading it names):\n  " + \
-        "\n  ".join(broken)
+    broken = "".join(f"\n  {line}" for page in PAGES for line in broken_links(page))
+    assert not broken, f"relative links that lead nowhere (fix the link, or the heading it names):{broken}"
 
 
 def test_readmes_name_the_same_commands():
@@ -141,7 +146,8 @@ def test_readmes_name_the_same_commands():
         "README.md and README.zh-CN.md name different commands in their code blocks; add each missing command to "
         "the other README (or drop it from both).\n"
         + "".join(f"  only in README.md:       {c}\n" for c in only_en)
-        + "".join(f"  only in README.zh-CN.md: {c}\n" for c in only_zh))
+        + "".join(f"  only in README.zh-CN.md: {c}\n" for c in only_zh)
+    )
     assert {"make train", "make test"} <= commands(en)
 
 
@@ -155,8 +161,9 @@ def test_readmes_have_the_same_sections_and_pictures():
 def test_each_readme_links_to_the_other_near_its_top():
     for name, other in READMES.items():
         top = "\n".join((ROOT / name).read_text(encoding="utf-8").splitlines()[:TOP_LINES])
-        assert re.search(rf"\]\(\.?/?{re.escape(other)}\)", top), f"{name} should link to {other} in its first " \
-                                                                   f"{TOP_LINES} lines, e.g. [简体中文]({other})"
+        assert re.search(rf"\]\(\.?/?{re.escape(other)}\)", top), (
+            f"{name} should link to {other} in its first {TOP_LINES} lines, e.g. [简体中文]({other})"
+        )
 
 
 def test_readme_stays_short():
