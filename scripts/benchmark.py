@@ -159,7 +159,7 @@ def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
     """Run floor and project alternately ``args.rounds`` times (pooling their epochs), then d2l; time each."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as root_dir:
-        accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        accel = ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
         accel += project_args(args.project_args)
         schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
                     ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
@@ -207,7 +207,7 @@ def check_project_args(tokens: list[str], args: argparse.Namespace) -> None:
             raise UserError(f"--project-args takes scripts/train.py's options for a fresh fit, not {name!r}; drop it")
         if name in ("-h", "--help", "--print_config") or name.endswith(".help"):
             raise UserError(f"--project-args holds {name}, an option that prints and stops; drop it")
-    accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+    accel = ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
     run_folder = RunFolder()
     with tempfile.TemporaryDirectory() as root_dir, contextlib.redirect_stdout(sys.stderr), quiet_lightning():
         try:

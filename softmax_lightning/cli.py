@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shlex
 import sys
 import warnings
 from contextlib import contextmanager
@@ -136,6 +135,8 @@ class TrainCLI(LightningCLI):
                             f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model")
         if self.fn != "fit":  # evaluating restores the weights; the checkpoint's own callbacks are not needed
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
+        else:  # resuming continues in the run's own folder, whose checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.fn == "fit" and resume.run is not None:
             if rank_zero_only.rank == 0:  # the lock is rank 0's
                 RunFolder.check_free(resume.run)
@@ -260,10 +261,9 @@ def _resume_hint(run_folder: RunFolder, subcommand: str | None) -> str:
     """How to resume after a stop: the run's checkpoint, whose folder carries the run's settings (``config.yaml``)."""
     if not run_folder.has_checkpoint():
         return "before the first checkpoint; nothing to resume: run the same command again"
-    ckpt = run_folder.path / "checkpoints" / "last.ckpt"
+    ckpt = recipe.here(run_folder.path / "checkpoints" / "last.ckpt")
     sub = [subcommand] if subcommand else []
-    return (f"{ckpt} holds the last finished epoch. Resume with: "
-            f"{shlex.join(['python', 'scripts/train.py', *sub, '--ckpt_path', str(ckpt)])}")
+    return f"{ckpt} holds the last checkpoint. Resume with: {recipe.command('scripts/train.py', *sub, '--ckpt_path', ckpt)}"
 
 
 @exit_quietly_on_broken_pipe

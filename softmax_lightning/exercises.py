@@ -30,6 +30,7 @@ from softmax_lightning import functional as F
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.fashion_mnist import find_raw_files, load_split
 from softmax_lightning.errors import UserError, one_line
+from softmax_lightning.io import exit_quietly_on_broken_pipe
 from softmax_lightning.model import NonFiniteLossError, SoftmaxRegression
 from softmax_lightning.profiling import PeakRSS
 
@@ -681,6 +682,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[int], argparse.Names
     return chosen, args
 
 
+@exit_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     try:
         chosen, args = parse_args(argv)

@@ -315,8 +315,9 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     records = []
     for i in range(len(X)):
         top = probs[i].topk(3)
-        rec = {"image": args.images[i] if args.images else i, "predicted": name(int(preds[i])),
-               "probability": round(float(probs[i].max()), 4),
+        k = int(preds[i])
+        rec = {"image": args.images[i] if args.images else i, "predicted": name(k),  # p: of the class decided on
+               "probability": round(float(probs[i].max() if k == ABSTAIN else probs[i, k]), 4),
                "top3": [{"class": names[int(k)], "probability": round(float(p), 4)} for p, k in zip(*top)],
                "logits": {names[k]: round(float(v), 4) for k, v in enumerate(logits[i])}}
         if y is not None:
@@ -397,10 +398,13 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
             mark = "" if r["true"] == r["predicted"] or r["predicted"] == "(abstain)" else "  <- wrong"
             print(f"{r['image']:>4}  {pad(r['true'], w)} {pad(r['predicted'], w)} {r['probability']:6.3f}{mark}")
         answered = [r for r in records if r["predicted"] != "(abstain)"]  # an abstention is handed to a person
-        acc = sum(r["true"] == r["predicted"] for r in answered) / len(answered) if answered else float("nan")
-        which = f"these {len(records)}" if len(answered) == len(records) else \
-            f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
-        print(f"accuracy on {which}: {acc:.3f}")
+        if not answered:
+            print(f"all {len(records)} abstained: no accuracy to report")
+        else:
+            acc = sum(r["true"] == r["predicted"] for r in answered) / len(answered)
+            which = f"these {len(records)}" if len(answered) == len(records) else \
+                f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
+            print(f"accuracy on {which}: {acc:.3f}")
     sys.stdout.flush()  # before the notes below, so that they follow the table in a terminal
     for key, path in report.get("figures", {}).items():
         extra = f" (the first {min(len(records), GRID_MAX)} images)" if key == "predictions" and \

@@ -211,9 +211,9 @@ def test_a_signal_stops_the_run_with_its_exit_code_and_how_to_resume(tmp_path, d
     line = one_error_line(err, f"stopped by {'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}", "--ckpt_path")
     assert torch.load(ckpt, weights_only=True)["state_dict"]["W"].shape == (784, 10)  # resumable
     if signum == signal.SIGTERM:  # the printed command finishes the run
-        command = shlex.split(line.split("Resume with: ", 1)[1])
-        assert command[:2] == ["python", "scripts/train.py"]
-        done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        command = shlex.split(line.split("Resume with: ", 1)[1])  # this interpreter, as printed
+        assert command[1:3] == ["scripts/train.py", "--ckpt_path"] and len(command) == 4
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads((ckpt.parent.parent / "metrics.json").read_text())["epochs"] == 3
 
