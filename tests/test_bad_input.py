@@ -155,7 +155,7 @@ def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("args,text", [
-    (["--out", "/nonexistent/b.json"], "cannot write /nonexistent/b.json"),
+    (["--out", "/dev/null/b.json"], "cannot write /dev/null/b.json"),
     (["--device", "cuda"], "sees no CUDA GPU"),
 ])
 def test_benchmark_bad_input_is_one_line(tmp_path, args, text):

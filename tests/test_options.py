@@ -466,7 +466,12 @@ def test_predict_path_strings(capsys, tmp_path, ckpt, flag):
     system's limit is one line."""
     good = {"--ckpt_path": ckpt}
     base = ["--ckpt_path", ckpt] if flag != "--ckpt_path" else []
-    if flag in ("--root_dir", "--data.data_dir", "--cost-matrix"):
+    if flag == "--cost-matrix":  # (read while checking: a cost matrix must be there)
+        for name in (tmp_path / ("x" * NAME_MAX), tmp_path / "données" / "日本語"):
+            name.parent.mkdir(exist_ok=True)
+            name.write_text("\n".join(" ".join("0" if i == j else "1" for j in range(10)) for i in range(10)))
+            predict_ok(*base, flag, name)
+    elif flag in ("--root_dir", "--data.data_dir"):
         predict_ok(*base, flag, tmp_path / ("x" * NAME_MAX))
         predict_ok(*base, flag, tmp_path / "données" / "日本語")
     elif flag == "--out":
@@ -514,7 +519,7 @@ def test_predict_cost_matrix_size_boundary(capsys, tmp_path, ckpt, png):
                     "--cost-matrix")
     bad = tmp_path / "nan.txt"
     bad.write_text(rows.replace("1", "nan", 1))
-    predict_refused(capsys, tmp_path, ["--ckpt_path", ckpt, "--cost-matrix", bad, png], "10 rows of 10 finite numbers")
+    predict_refused(capsys, tmp_path, ["--ckpt_path", ckpt, "--cost-matrix", bad, png], "holds a non-finite number")
 
 
 def test_predict_help_and_usage_errors_return(capsys):
