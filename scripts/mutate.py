@@ -78,6 +78,13 @@ CHANGED = f"{SAFETY}::test_changed_settings_are_refused_and_nothing_is_touched"
 OWN_SETTINGS = f"{SAFETY}::test_resuming_takes_the_runs_own_settings_unless_typed"
 EVALUATE = "tests/test_train.py::test_evaluating_a_run_reproduces_its_numbers_in_its_own_folder"
 STATS = "tests/test_tuned.py::test_standardisation_statistics_come_from_the_training_split_only"
+SOFTMAX_OPTION = f"{MODEL}::test_the_softmax_option_chooses_the_stable_path_or_the_chapters_cells"
+GUARD = f"{MODEL}::test_the_guard_stops_a_finite_loss_whose_gradient_is_not_finite"
+LOADER = f"{DATA}::test_a_resumed_loader_skips_what_was_trained_and_keeps_counting"
+SHARDS = f"{DATA}::test_evaluation_shards_cover_every_image_once_in_order"
+PREDICT_STATS = "tests/test_train.py::test_predict_py_standardises_its_inputs_as_the_run_did"
+OUTSIDE_RUN = "tests/test_train.py::test_a_checkpoint_outside_its_run_folder_brings_its_own_settings"
+DAMAGED_IDX = "tests/test_bad_input.py::test_damaged_idx_files"
 
 M = Mutation
 MUTATIONS: list[Mutation] = [
@@ -186,11 +193,11 @@ MUTATIONS: list[Mutation] = [
       'probabilities = softmax if self.hparams.softmax == "stable" else softmax_naive',
       'probabilities = softmax if self.hparams.softmax == "naive" else softmax_naive',
       "forward uses the naive softmax when asked for the stable one (and the other way round)",
-      (MODEL,)),
+      (SOFTMAX_OPTION,)),
     M("loss-switch-inverted", "softmax_lightning/model.py",
       'if self.hparams.softmax == "naive":', 'if self.hparams.softmax != "naive":',
       "training uses the naive cross-entropy when asked for the stable one (and the other way round)",
-      ("tests/test_exercises.py::test_3_naive_training_hits_the_guard_and_stable_does_not",
+      (SOFTMAX_OPTION, "tests/test_exercises.py::test_3_naive_training_hits_the_guard_and_stable_does_not",
        "tests/test_bad_input.py::test_non_finite_loss_stops_with_epoch_and_step")),
     M("weight-decay-not-passed", "softmax_lightning/model.py",
       "nesterov=hp.nesterov,\n                         weight_decay=hp.weight_decay)", "nesterov=hp.nesterov)",
@@ -221,8 +228,8 @@ MUTATIONS: list[Mutation] = [
     M("divergence-gradient-check-removed", "softmax_lightning/model.py",
       "checks += [p.grad.detach().abs().amax() for p in (self.W, self.b) if p.grad is not None]", "pass",
       "the divergence guard checks the loss only: a finite loss with a nan gradient is applied",
-      ("tests/test_exercises.py::test_3_naive_training_hits_the_guard_and_stable_does_not",
-       "tests/test_bad_input.py::test_non_finite_loss_stops_with_epoch_and_step", MODEL)),
+      (GUARD, "tests/test_exercises.py::test_3_naive_training_hits_the_guard_and_stable_does_not",
+       "tests/test_bad_input.py::test_non_finite_loss_stops_with_epoch_and_step")),
     M("divergence-threshold-removed", "softmax_lightning/model.py",
       "not math.isfinite(loss) or loss > DIVERGED or not grads_finite", "not math.isfinite(loss) or not grads_finite",
       "the divergence guard lets an astronomically large but finite loss train on",
@@ -250,31 +257,31 @@ MUTATIONS: list[Mutation] = [
       "        for _ in range(skip):  # the checkpointed run already trained on these (gathering one costs ~0.1 ms)\n"
       "            next(batches)\n", "",
       "a run resumed mid-epoch trains again on the minibatches the checkpointed run had already trained on",
-      (RESUME_AT["validation twice an epoch"], RESUME_AT["every n train steps"])),
+      (LOADER, RESUME_AT["validation twice an epoch"])),
     M("resume-count-restarts", "softmax_lightning/data.py",
       "self._epoch, self._served, self._resume_at = epoch, skip, None",
       "self._epoch, self._served, self._resume_at = epoch, 0, None",
       "after a mid-epoch resume, the loader counts its minibatches from 0: the next checkpoint records too few",
-      (DATA, RESUME_AT["validation twice an epoch"])),
+      (LOADER, RESUME_AT["validation twice an epoch"])),
     M("resume-skips-in-any-epoch", "softmax_lightning/data.py",
       "skip = self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0",
       "skip = self._resume_at[1] if self._resume_at else 0",
       "the batches to skip are skipped in whatever epoch comes next, even after an epoch-end checkpoint",
-      (RESUME_AT["no validation"], RESUME_AT["sparse validation"], DATA)),
+      (LOADER, RESUME_AT["no validation"])),
     M("eval-shards-overlap", "softmax_lightning/data.py",
       "n * rank // num_replicas, n * (rank + 1) // num_replicas",
       "n * rank // num_replicas, -(-n * (rank + 1) // num_replicas)",
       "evaluation shards round their end up: neighbouring ranks evaluate an image twice",
-      (DATA, "tests/test_reliability.py::test_three_process_evaluation_counts_every_image_once")),
+      (SHARDS, "tests/test_reliability.py::test_three_process_evaluation_counts_every_image_once")),
     M("standardisation-not-checkpointed", "softmax_lightning/data.py",
       'return {"input_stats": self.input_stats}', "return {}",
       "the data module's standardisation statistics are not saved in checkpoints",
-      ("tests/test_train.py", "tests/test_tuned.py::test_tuned_recipe_beats_the_benchmark_and_restores_its_statistics")),
+      (PREDICT_STATS, "tests/test_tuned.py::test_tuned_recipe_beats_the_benchmark_and_restores_its_statistics")),
     M("idx-size-check-removed", "softmax_lightning/fashion_mnist.py",
       "    if size != expected:\n        raise UserError(f\"{path} is truncated or padded: {size} bytes, its header "
       "promises {expected}; {fix}\")\n", "",
       "an IDX file whose size does not match its header is parsed anyway",
-      ("tests/test_bad_input.py::test_damaged_idx_files",)),
+      (f"{DAMAGED_IDX}[truncated-truncated]", DAMAGED_IDX)),
     M("idx-count-limit-removed", "softmax_lightning/fashion_mnist.py",
       "    if count > MAX_ITEMS:\n", "    if False:\n",
       "an IDX header claiming 50 million images is read into memory",
@@ -282,7 +289,7 @@ MUTATIONS: list[Mutation] = [
     M("label-10-accepted", "softmax_lightning/fashion_mnist.py",
       "if labels.max() > 9:", "if labels.max() > 10:",
       "a label file holding the class 10 (there are 0-9) is accepted",
-      ("tests/test_bad_input.py::test_damaged_idx_files",)),
+      (f"{DAMAGED_IDX}[label 10-label 10 at index 63]", DAMAGED_IDX)),
     # ---------------------------------------------------------------------------- checkpoints and resume
     M("unsafe-checkpoint-load", "softmax_lightning/checkpoint.py",
       'ckpt = torch.load(path, map_location="cpu", weights_only=True)',
@@ -293,7 +300,8 @@ MUTATIONS: list[Mutation] = [
     M("non-finite-bias-accepted", "softmax_lightning/checkpoint.py",
       "if not (torch.isfinite(W).all() and torch.isfinite(b).all()):", "if not torch.isfinite(W).all():",
       "a checkpoint whose bias is inf is accepted",
-      (f"{HOSTILE}::test_diverged_checkpoint_is_refused_not_printed_as_nan",)),
+      (f"{SAFETY}::test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder",
+       f"{HOSTILE}::test_diverged_checkpoint_is_refused_not_printed_as_nan")),
     M("epochs-done-off-by-one", "softmax_lightning/checkpoint.py",
       'return int(ckpt.get("epoch", -1)) + 1', 'return int(ckpt.get("epoch", -1))',
       "a finished run looks one epoch short: resuming it trains (and rewrites) again",
@@ -314,7 +322,7 @@ MUTATIONS: list[Mutation] = [
     M("checkpoint-settings-not-applied", "softmax_lightning/resume.py",
       'if f"{group}.{name}" not in typed and', 'if f"{group}.{name}" in typed and',
       "the checkpoint's own settings are not applied where the user typed none",
-      (EVALUATE, OWN_SETTINGS, "tests/test_train.py")),
+      (OUTSIDE_RUN, EVALUATE, OWN_SETTINGS)),
     # ---------------------------------------------------------------------------- what the run records, prediction
     M("pending-validation-not-saved", "softmax_lightning/callbacks.py",
       '"pending": dict(self.pending),', "",
@@ -327,7 +335,7 @@ MUTATIONS: list[Mutation] = [
     M("predict-ignores-standardisation", "softmax_lightning/predict.py",
       "Xs = standardize(X, stats)  # what the model computes with", "Xs = X  # what the model computes with",
       "predict.py feeds raw pixels to a model trained on standardised ones",
-      ("tests/test_train.py", "tests/test_figures_and_predict.py::test_predict_agrees_with_the_model_on_test_images")),
+      (PREDICT_STATS, "tests/test_figures_and_predict.py::test_predict_agrees_with_the_model_on_test_images")),
 ]
 
 
@@ -411,6 +419,11 @@ def classify(code: int | None, output: str, m: Mutation) -> tuple[str, str]:
     if code == 2 and re.search(rf'File "[^"]*{re.escape(m.file)}"', output):
         return "killed", f"collection failed in the mutated {m.file}"
     return "error", f"pytest exited with {code}"
+
+
+def failure_lines(output: str, limit: int = 8) -> list[str]:
+    """The first assertion lines of the first failure (pytest's ``E   ...`` lines): what the killing test saw."""
+    return [line[1:].strip() for line in output.splitlines() if line.startswith("E ")][:limit]
 
 
 def tail(text: str, lines: int = 30) -> str:
@@ -540,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             for m in MUTATIONS:
                 print(f"{m.name:{width}}  {m.file.split('/')[-1]:16}  {m.breaks}")
             return 0
-        files = repository_files(ROOT)
+        report_file = Path(args.report).resolve()  # an earlier run's report is no part of the code under test
+        files = [f for f in repository_files(ROOT) if (ROOT / f).resolve() != report_file]
         with tempfile.TemporaryDirectory(prefix="mutate-probe-") as tmp:
             copy_repository(ROOT, [f for f in files if f.startswith("softmax_lightning/")], Path(tmp))
             check_imports_the_copy(Path(tmp))
@@ -574,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             status, why = classify(code, output, m)
             result = {"name": m.name, "file": m.file, "breaks": m.breaks, "status": status, "why": why,
                       "seconds": round(seconds, 1), "exit_code": code, "tests": tests or ["(whole suite)"]}
+            if status == "killed":
+                result["failure"] = failure_lines(output)
             if status == "error":
                 result["output_tail"] = tail(output)
             results.append(result)

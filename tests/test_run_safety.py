@@ -245,6 +245,11 @@ def _checkpoint_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]
     out["another model's"] = (tmp_path / "other", "not a SoftmaxRegression checkpoint")
     torch.save({"state_dict": {"W": torch.zeros(100, 3), "b": torch.zeros(3)}}, tmp_path / "shape")
     out["wrong shape"] = (tmp_path / "shape", "W of shape (100, 3)")
+    for part, value in (("W", float("nan")), ("b", float("inf"))):  # a diverged run's: validating it would print
+        ckpt = torch.load(good, weights_only=True)  # the accuracy of nan logits, and resuming it would train on
+        ckpt["state_dict"][part][0] = value
+        torch.save(ckpt, tmp_path / f"{part} {value}")
+        out[f"{part} {value}"] = (tmp_path / f"{part} {value}", "non-finite weights")
     return out
 
 
