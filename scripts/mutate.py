@@ -12,11 +12,12 @@ occur exactly once in its file; then ``pytest -x -q -p no:cacheprovider`` runs t
 ``PYTHONPATH`` set to the copy, so that the mutated package is the one imported.
 
 A mutant is
-  * killed: pytest exited with 1 (a test failed, or a fixture it needs failed), or it could not even collect the
-    tests (exit 2) and its traceback runs through the mutated file;
+  * killed: pytest exited with 1 (a test failed, or a fixture it needs failed); or the tests could not even be
+    imported (a collection error, or a ``conftest.py`` that fails to import) and the traceback runs through the
+    mutated file;
   * survived: pytest exited with 0, every chosen test passed with the mutation in place;
-  * error: anything else (a collection error elsewhere, no tests collected, a pytest crash) or the tests ran past
-    ``--timeout``: the run says nothing about the mutant.
+  * error: anything else (a collection error from another file, no tests collected, a pytest crash) or the tests
+    ran past ``--timeout``: the run says nothing about the mutant, and it counts as not killed.
 Then every test that killed a mutant runs once more on an unmutated copy (``--no-control`` skips this): a test that
 fails there too proves nothing, and its mutants count as errors.
 
@@ -157,7 +158,8 @@ MUTATIONS: list[Mutation] = [
       "the momentum buffer damps the new gradient by (1 - mu)",
       (HAND_SGD,)),
     M("momentum-buffer-starts-at-zero", "softmax_lightning/optim.py",
-      'buf = self.state[p]["momentum_buffer"] = g.clone()', 'buf = self.state[p]["momentum_buffer"] = torch.zeros_like(g)',
+      'buf = self.state[p]["momentum_buffer"] = g.clone()',
+      'buf = self.state[p]["momentum_buffer"] = torch.zeros_like(g)',
       "the momentum buffer starts from zero, so the first step moves nothing",
       (HAND_SGD,)),
     M("nesterov-swapped", "softmax_lightning/optim.py",
@@ -411,13 +413,16 @@ def classify(code: int | None, output: str, m: Mutation) -> tuple[str, str]:
     """(status, why): see the module's docstring."""
     if code == 0:
         return "survived", "every chosen test passed"
-    if code == 1:
-        failed = failed_tests(output)
-        return "killed", failed[0] if failed else "a test failed"
     if code is None:
         return "error", "the tests ran past --timeout"
-    if code == 2 and re.search(rf'File "[^"]*{re.escape(m.file)}"', output):
-        return "killed", f"collection failed in the mutated {m.file}"
+    failed = failed_tests(output)
+    collection = code in (2, 4) or any("::" not in f for f in failed)  # a module or conftest.py failed to import
+    if collection:  # killed only when the traceback runs through the mutated file (long or short style)
+        if re.search(rf'{re.escape(m.file)}(?:", line \d+|:\d+:)', output):
+            return "killed", f"importing the tests failed in the mutated {m.file}"
+        return "error", f"pytest exited with {code}: the tests could not be collected, and not because of {m.file}"
+    if code == 1:
+        return "killed", failed[0] if failed else "a test failed"
     return "error", f"pytest exited with {code}"
 
 

@@ -187,8 +187,8 @@ def _one_hot_pixel_model(softmax: str, logit: float) -> SoftmaxRegression:
 
 
 def test_the_softmax_option_chooses_the_stable_path_or_the_chapters_cells():
-    """``softmax="stable"`` (the default) gives finite probabilities and losses at a logit of 1000, in ``forward`` and in
-    the training loss; ``"naive"`` is the chapter's cells, which overflow there (exercises 1-2)."""
+    """``softmax="stable"`` (the default) gives finite probabilities and losses at a logit of 1000, in ``forward``
+    and in the training loss; ``"naive"`` is the chapter's cells, which overflow there (exercises 1-2)."""
     X = torch.zeros(2, 784)
     X[:, 0] = 1.0  # logits: 1000 for class 3, 0 for the others
     y = torch.tensor([3, 0])
@@ -206,6 +206,8 @@ def test_the_guard_stops_a_finite_loss_whose_gradient_is_not_finite():
     nan (1 / p overflows). The step must not be applied: W stays as it was, and the message says why."""
     from torch.utils.data import DataLoader, TensorDataset
 
+    if torch.exp(torch.tensor(-100.0)) == 0:
+        pytest.skip("this CPU flushes subnormal floats to zero: the loss is inf there, not finite")
     m = _one_hot_pixel_model("naive", -100.0)
     X = torch.zeros(4, 784)
     X[:, 0] = 1.0

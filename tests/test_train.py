@@ -182,7 +182,7 @@ def test_predict_py_standardises_its_inputs_as_the_run_did(tmp_path, standardize
     with torch.no_grad():
         logits = model.logits(dm.test_set.X[:1000])
     got = torch.tensor([list(r["logits"].values()) for r in records])
-    torch.testing.assert_close(got, logits, rtol=0, atol=1e-4)  # (the JSON rounds to 4 decimals)
+    torch.testing.assert_close(got, logits, rtol=0, atol=1e-3)  # the JSON rounds to 4 decimals; raw pixels: off by ~10
     right = sum(r["predicted"] == r["true"] for r in records) / len(records)
     assert abs(right - standardized_run["test_acc"]) < 0.05 and right > 0.6
 
