@@ -428,7 +428,11 @@ def classify(code: int | None, output: str, m: Mutation) -> tuple[str, str]:
 
 def failure_lines(output: str, limit: int = 8) -> list[str]:
     """The first assertion lines of the first failure (pytest's ``E   ...`` lines): what the killing test saw."""
-    return [line[1:].strip() for line in output.splitlines() if line.startswith("E ")][:limit]
+    return [line[1:].strip()[:300] for line in output.splitlines() if line.startswith("E ")][:limit]
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def tail(text: str, lines: int = 30) -> str:
@@ -536,7 +540,7 @@ def control(results: list[dict], files: list[str], args: argparse.Namespace) -> 
     killers = sorted({r["why"] for r in results if r["status"] == "killed" and "::" in r["why"]})
     if not killers:
         return
-    print(f"\ncontrol: the {len(killers)} killing tests on the unmutated code ...", flush=True)
+    print(f"\ncontrol: {plural(len(killers), 'killing test')} again, on the unmutated code ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="mutate-control-") as tmp:
         copy_repository(ROOT, files, Path(tmp))
         code, output, seconds = run_pytest(Path(tmp), killers, args.timeout * 2, stop_first=False)
@@ -575,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
               "score": {}, "mutants": []}
     results: list[dict] = report["mutants"]
     t_start = time.perf_counter()
-    print(f"{len(selected)} mutants, {'the whole suite' if args.full else 'chosen tests'} each; report: "
+    print(f"{plural(len(selected), 'mutant')}, {'the whole suite' if args.full else 'chosen tests'} each; report: "
           f"{report_path}", flush=True)
     try:
         for i, m in enumerate(selected, 1):
