@@ -1,17 +1,33 @@
 # Two commands for a new user: `make train` and `make test`. Set-up is idempotent: a second run installs nothing.
+# It installs exactly uv.lock into .venv with uv, which it bootstraps from python3 into .tools/ (docs/setup.md).
+PYTHON  ?= python3
 PY      := .venv/bin/python
 DATA    := data/FashionMNIST/raw
 SYSDATA := /usr/share/datasets/fashion-mnist
-STAMP   := .venv/.installed
-NBSTAMP := .venv/.notebook-installed
+UV_VERSION := 0.13.9
+UV      := .tools/bin/uv
+UVSTAMP := .tools/.uv-$(UV_VERSION)
+NBMARK  := .venv/.with-notebook
+LINTED  := softmax_lightning scripts tests notebooks/softmax_regression.py
+# .venv = uv.lock, package for package (this project editable): the test extra always, the notebook extra once
+# `make notebook` has installed it. --locked fails if pyproject.toml and uv.lock disagree. With nothing to change it
+# checks and installs nothing (about 0.1 s), so it runs every time and also undoes changes made to .venv by hand.
+SYNC    = $(UV) sync --locked --python $(PYTHON) --extra test
 
-.PHONY: train test setup data fonts benchmark exercises notebook notebook-outputs clean
+.PHONY: train test lint setup data fonts benchmark exercises notebook notebook-outputs tensorboard test-latest \
+        test-oldest lock clean
 
 train: setup data
 	$(PY) scripts/train.py $(ARGS)
 
+# The test suite, then the linter (so that a formatting finding never hides a test result).
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory lint
+
+# ruff's findings (rules in pyproject.toml), then the files `ruff format` would change; fails if either finds any.
+lint: setup
+	.venv/bin/ruff check $(LINTED); found=$$?; .venv/bin/ruff format --check $(LINTED) && exit $$found
 
 benchmark: setup data
 	$(PY) scripts/benchmark.py $(ARGS)
@@ -19,23 +35,46 @@ benchmark: setup data
 exercises: setup data
 	$(PY) -m softmax_lightning.exercises all
 
-setup: $(STAMP) fonts
+# TensorBoard from .venv on the runs in lightning_logs/ (no need to activate the venv): http://localhost:6006
+tensorboard: setup
+	.venv/bin/tensorboard --logdir lightning_logs $(ARGS)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+setup: $(UVSTAMP) fonts
+	$(SYNC) $(if $(wildcard $(NBMARK)),--extra notebook)
+
+# uv itself, pinned, in a small venv of its own made with python3 (nothing to install by hand). python3's own pip
+# installs it there (quicker than a venv with pip inside); without a usable pip, the venv gets one from ensurepip.
+$(UVSTAMP):
+	rm -rf .tools
+	$(PYTHON) -m venv --without-pip .tools
+	$(PYTHON) -m pip --python .tools/bin/python install -q --disable-pip-version-check uv==$(UV_VERSION) || \
+	  (.tools/bin/python -m ensurepip >/dev/null && .tools/bin/python -m pip install -q --disable-pip-version-check \
+	   uv==$(UV_VERSION))
+	touch $@
+
+# Re-resolve uv.lock from pyproject.toml (the one command that writes it; commit the result).
+lock: $(UVSTAMP)
+	$(UV) lock
+
+# The test suite on the newest releases that pyproject.toml allows (test-latest), or on the oldest that its lower
+# bounds allow (test-oldest), in a throwaway venv (.venv-latest/ or .venv-oldest/, rebuilt each time; uv.lock and
+# .venv are untouched). The versions it ran with are printed first; the test that .venv matches uv.lock is left out.
+test-latest test-oldest: $(UVSTAMP) data fonts
+	rm -rf $(@:test-%=.venv-%)
+	$(UV) venv -q --python $(PYTHON) $(@:test-%=.venv-%)
+	$(UV) pip install -q --python $(@:test-%=.venv-%)/bin/python --no-config \
+	  --resolution $(if $(filter test-oldest,$@),lowest-direct,highest) -e '.[test]'
+	$(UV) pip list --python $(@:test-%=.venv-%)/bin/python
+	$(@:test-%=.venv-%)/bin/python -m pytest --deselect tests/test_lock.py::test_installed_packages_match_lock \
+	  $(PYTEST_ARGS)
 
 # The chapter as a Jupyter notebook: JupyterLab (the `notebook` extra, which `make train` / `make test` skip), this
 # .venv registered as the kernel "softmax-lightning (.venv)", then JupyterLab on the notebook. Offline, on data/.
-notebook: setup data $(NBSTAMP)
+notebook: $(UVSTAMP) fonts data
+	$(SYNC) --extra notebook
+	touch $(NBMARK)
 	$(PY) -m ipykernel install --user --name softmax-lightning --display-name "softmax-lightning (.venv)"
 	.venv/bin/jupyter lab --notebook-dir=. notebooks/softmax_regression.ipynb
-
-$(NBSTAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[notebook]'
-	touch $(NBSTAMP)
 
 # Execute notebooks/softmax_regression.py in a fresh kernel and store the outputs in notebooks/softmax_regression.ipynb.
 notebook-outputs: setup data
@@ -61,4 +100,4 @@ fonts:
 	fi
 
 clean:
-	rm -rf lightning_logs benchmark.json
+	rm -rf lightning_logs benchmark.json .venv-latest .venv-oldest

@@ -329,7 +329,7 @@ num_epochs = 10
 trainer = L.Trainer(
     max_epochs=num_epochs,
     logger=TensorBoardLogger(ROOT_DIR),  # the run folder: lightning_logs/version_N, as for scripts/train.py
-    callbacks=[chapter_figures := ChapterFigures(labels="en"), EpochBar(refresh_rate=50, leave=True)],
+    callbacks=[chapter_figures := ChapterFigures(labels="en", val_name="test"), EpochBar(refresh_rate=50, leave=True)],
     num_sanity_val_steps=0,  # the chapter evaluates after each epoch, not before
     enable_model_summary=False,
 )

@@ -20,6 +20,7 @@ writes ``benchmark.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -27,17 +28,20 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from softmax_lightning import functional as F
-from softmax_lightning.cli import make_cli, run_recipe  # the same CLI as scripts/train.py
+from softmax_lightning.cli import make_cli, quiet_lightning, run_recipe  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.fashion_mnist import find_raw_files
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import write_json
+from softmax_lightning.io import check_path, exit_quietly_on_broken_pipe, write_json
+from softmax_lightning.options import check_options
+from softmax_lightning.runs import RunFolder
 from softmax_lightning.profiling import PeakRSS
 
 
@@ -62,8 +66,8 @@ class EpochTimer(L.Callback):
 def bench_project(epochs: int, data_dir: str, root_dir: str, *args: str) -> dict:
     """The Trainer path, configured by the same CLI as ``scripts/train.py`` (``args``: more CLI options)."""
     t0, timer = time.perf_counter(), EpochTimer()
-    cli = make_cli([f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}",
-                    f"--trainer.default_root_dir={root_dir}", *args])
+    cli = make_cli([*args, f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}",
+                    f"--trainer.default_root_dir={root_dir}"])  # (the benchmark's own settings last: they win)
     cli.trainer.callbacks.insert(0, timer)
     try:
         metrics = run_recipe(cli)
@@ -155,8 +159,8 @@ def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
     """Run floor and project alternately ``args.rounds`` times (pooling their epochs), then d2l; time each."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as root_dir:
-        accel = [] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
-        accel += shlex.split(args.project_args)
+        accel = ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        accel += project_args(args.project_args)
         schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
                     ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
         if not args.skip_d2l and args.device == "cpu":
@@ -177,14 +181,89 @@ def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--d2l-epochs", type=int, default=None, help="epochs for the d2l loop (default: --epochs)")
+MAX_EPOCHS, MAX_ROUNDS = 1000, 100  # each epoch takes seconds per trainer: beyond these, a typo
+OWN = {"--trainer.max_epochs": "--epochs", "--data.data_dir": "--data.data_dir",
+       "--trainer.default_root_dir": "nothing (the runs go to a temporary folder)"}  # what the benchmark sets itself
+
+
+def project_args(text: str) -> list[str]:
+    """``--project-args`` split as a shell would (one ``UserError`` line for unbalanced quotes)."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise UserError(f"--project-args {text!r} cannot be split into options ({e}); balance its quotes") from None
+
+
+def check_project_args(tokens: list[str], args: argparse.Namespace) -> None:
+    """Refuse ``--project-args`` that set what the benchmark sets itself, or that ``scripts/train.py`` would refuse:
+    the project's options are checked (by building its model, data module and Trainer once, in a temporary folder,
+    without training) before anything is timed."""
+    for token in tokens:
+        name = token.split("=", 1)[0]
+        if name in OWN:
+            raise UserError(f"--project-args may not set {name}: the benchmark sets it for all three loops; use "
+                            f"{OWN[name]}")
+        if name in ("fit", "validate", "test", "predict", "--ckpt_path"):
+            raise UserError(f"--project-args takes scripts/train.py's options for a fresh fit, not {name!r}; drop it")
+        if name in ("-h", "--help", "--print_config") or name.endswith(".help"):
+            raise UserError(f"--project-args holds {name}, an option that prints and stops; drop it")
+    accel = ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+    run_folder = RunFolder()
+    with tempfile.TemporaryDirectory() as root_dir, contextlib.redirect_stdout(sys.stderr), quiet_lightning():
+        try:
+            make_cli([*check_options([*accel, *tokens]), f"--trainer.max_epochs={args.epochs}",
+                      f"--data.data_dir={args.data_dir}", f"--trainer.default_root_dir={root_dir}"], run_folder)
+        except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
+            raise UserError(f"--project-args: {one_line(e)}") from None
+        except SystemExit:  # --help or --print_config: they print and stop
+            raise UserError("--project-args holds an option that prints and stops (--help, --print_config); "
+                            "drop it") from None
+        finally:
+            run_folder.release(failed=True)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option, before anything is loaded or timed."""
+    for flag, value, most in (("--epochs", args.epochs, MAX_EPOCHS), ("--rounds", args.rounds, MAX_ROUNDS),
+                              ("--d2l-epochs", args.d2l_epochs, MAX_EPOCHS)):
+        if value is not None and not 1 <= value <= most:
+            raise UserError(f"{flag} must be >= 1 and <= {most}, got {value}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU here; run without --device (CPU)")
+    out = check_path(args.out, "--out", "JSON file path")
+    if out.is_dir() or (os.path.lexists(out) and not out.is_file()):
+        raise UserError(f"cannot write {args.out}: it is a folder, device or FIFO, not a regular file; pass --out with "
+                        f"a file path")
+    out_dir = out.resolve().parent
+    if not (out_dir.is_dir() and os.access(out_dir, os.W_OK)):
+        raise UserError(f"cannot write {args.out}: {out_dir} is not a writable folder; pass --out with another path")
+    check_path(args.data_dir, "--data.data_dir", "folder path")
+    tokens = project_args(args.project_args)
+    find_raw_files(args.data_dir)
+    check_project_args(tokens, args)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one ``error: ...`` line (exit code 2), like every other refusal here."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {one_line(message)}; see {self.prog} --help\n")
+
+
+@exit_quietly_on_broken_pipe
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code: 0, 1 (the loops' accuracies disagree), 2 (bad input: one ``error:`` line
+    on stderr), 141 (stdout was closed early, e.g. ``| head``). The table goes to stdout; progress, the training's
+    own lines and the file written go to stderr."""
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=10, help=f"epochs per run, 1..{MAX_EPOCHS}")
+    parser.add_argument("--d2l-epochs", type=int, default=None,
+                        help=f"epochs for the d2l loop, 1..{MAX_EPOCHS} (default: --epochs)")
     parser.add_argument("--skip-d2l", action="store_true")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="run floor and project alternately this many times and pool their epochs: this machine's "
-                             "speed drifts by +-15%% over tens of seconds, and alternating spreads the drift over both")
+                        help=f"1..{MAX_ROUNDS}: run floor and project alternately this many times and pool their "
+                             f"epochs: this machine's speed drifts by +-15%% over tens of seconds, and alternating "
+                             f"spreads the drift over both")
     parser.add_argument("--data.data_dir", "--data-dir", dest="data_dir", default="data",
                         help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir)")
     parser.add_argument("--out", default="benchmark.json")
@@ -194,27 +273,19 @@ def main() -> int:
                              "module and data module in a bare Trainer")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped")
-    args = parser.parse_args()
-    for flag, value in (("--epochs", args.epochs), ("--rounds", args.rounds), ("--d2l-epochs", 1 if args.d2l_epochs is None else args.d2l_epochs)):
-        if value < 1:
-            print(f"error: {flag} must be >= 1, got {value}", file=sys.stderr)
-            return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but torch sees no CUDA GPU here; run without --device (CPU)", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out).resolve().parent
-    if not (out_dir.is_dir() and os.access(out_dir, os.W_OK)):
-        print(f"error: cannot write {args.out}: {out_dir} is not a writable folder; pass --out with another path",
-              file=sys.stderr)
-        return 2
-    d2l_epochs = args.d2l_epochs or args.epochs
     try:
-        find_raw_files(args.data_dir)
-        results = measure(args, d2l_epochs)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0), or a usage error (2) that argparse has printed
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        check_arguments(args)
+        d2l_epochs = args.d2l_epochs or args.epochs
+        with contextlib.redirect_stdout(sys.stderr):  # the trainers' own lines are progress, not results
+            results = measure(args, d2l_epochs)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(f"\n{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}   "
+    print(f"{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}   "
           f"(s/epoch: median over all epochs; total: per run)")
     for name, r in results.items():
         print(f"{name:8} {r['median_epoch_s']:8.3f} {r['total_s']:8.2f} {len(r['epoch_s']):6d} "
@@ -232,8 +303,13 @@ def main() -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if args.device == "cuda":
         machine += f", GPU {torch.cuda.get_device_name()}"
-    write_json(args.out, {"machine": machine, "results": results, "ratios": ratios, "accuracies_agree": agree})
-    print(f"machine: {machine}\nwrote {args.out}")
+    print(f"machine: {machine}")
+    try:
+        write_json(args.out, {"machine": machine, "results": results, "ratios": ratios, "accuracies_agree": agree})
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0 if agree else 1
 
 

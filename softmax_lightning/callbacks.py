@@ -32,7 +32,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from softmax_lightning import figures
 from softmax_lightning.confusions import ConfusionExamples, most_confused_pairs
-from softmax_lightning.data import class_names
 from softmax_lightning.errors import UserError
 
 TRAIN, VAL = ("train_loss", "train_acc"), ("val_loss", "val_acc")
@@ -88,53 +87,66 @@ def _jupyter_display():
     return display
 
 
-class EpochRows:
-    """One row per finished training epoch, built from what the module logs; shared by ``ChapterFigures`` and
-    ``EpochLog``.
+class EpochHistory(L.Callback):
+    """One row per finished training epoch, from what the module logs; the base of ``ChapterFigures`` and
+    ``EpochLog``, which draw or print each new row (``on_history_row``).
 
     The module logs an epoch's train metrics in its own ``on_train_epoch_end``, which Lightning calls after the
     (non-checkpoint) callbacks' ``on_train_epoch_end``. So a row is completed at the first moment after that: the next
-    epoch's start, the end of training, or a checkpoint being saved (``complete``). Validation values are taken when
-    each validation ends (``on_validation_end``), so an epoch without validation has none, and a run resumed from a
-    checkpoint saved at validation end (before the epoch's end) still has them.
+    epoch's start, the end of training, or a checkpoint being saved (``ChapterFigures.state_dict``). Validation values
+    are taken when each validation ends, so an epoch without validation has none, and a run resumed from a checkpoint
+    saved at a validation's end (before the epoch's end) still has them.
+
+    Attributes:
+        history: one row per finished epoch: ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``val_loss`` and
+            ``val_acc`` (when the epoch validated) and ``seconds`` (wall time of the epoch, validation included).
     """
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-        self.pending: dict[str, float] = {}  # this epoch's values known so far (its last validation's)
-        self.ended = 0  # epochs whose training part has ended
-        self.start = time.perf_counter()  # when this epoch started (shifted back on resume by the time it had run)
+        self.history: list[dict[str, float]] = []
+        self._pending: dict[str, float] = {}  # this epoch's values known so far (its last validation's)
+        self._ended = 0  # epochs whose training part has ended
+        self._start = time.perf_counter()  # when this epoch started (shifted back on resume by the time it had run)
 
-    def validation_ended(self, trainer: L.Trainer) -> None:
-        self.pending.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in VAL})
+    def on_history_row(self, trainer: L.Trainer, row: dict[str, float]) -> None:
+        """Called with each new row."""
 
-    def epoch_ended(self, trainer: L.Trainer) -> None:
-        self.ended = trainer.current_epoch + 1  # (current_epoch counts up after the epoch-end hooks)
-
-    def complete(self, trainer: L.Trainer) -> dict[str, float] | None:
-        """Append the row of the epoch whose training has ended, if its train metrics are logged; return it."""
+    def _complete_row(self, trainer: L.Trainer) -> None:
+        """Append the row of the epoch whose training has ended, once its train metrics are logged."""
         train = {k: float(v) for k, v in trainer.callback_metrics.items() if k in TRAIN}
-        if self.ended <= len(self.rows) or not train:
-            return None
-        row = {"epoch": self.ended, **train, **self.pending, "seconds": round(time.perf_counter() - self.start, 3)}
-        self.rows.append(row)
-        return row
+        if self._ended <= len(self.history) or not train:
+            return
+        row = {"epoch": self._ended, **train, **self._pending, "seconds": round(time.perf_counter() - self._start, 3)}
+        self.history.append(row)
+        self.on_history_row(trainer, row)
 
-    def epoch_started(self) -> None:
-        self.pending, self.start = {}, time.perf_counter()
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._complete_row(trainer)  # (Lightning does not call this hook when it resumes in the middle of an epoch)
+        self._pending, self._start = {}, time.perf_counter()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.rows), "pending": dict(self.pending),
-                "seconds_so_far": time.perf_counter() - self.start}
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ended = trainer.current_epoch + 1  # (current_epoch counts up after the epoch-end hooks)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = list(state.get("history", []))
-        self.pending = dict(state.get("pending", {}))
-        self.ended = len(self.rows)
-        self.start = time.perf_counter() - float(state.get("seconds_so_far", 0.0))
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._pending.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in VAL})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._complete_row(trainer)
+
+    def history_state(self) -> dict[str, Any]:
+        """The history and the epoch in progress, for a checkpoint."""
+        return {"history": list(self.history), "pending": dict(self._pending),
+                "seconds_so_far": time.perf_counter() - self._start}
+
+    def load_history_state(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+        self._pending = dict(state.get("pending", {}))
+        self._ended = len(self.history)
+        self._start = time.perf_counter() - float(state.get("seconds_so_far", 0.0))
 
 
-class ChapterFigures(L.Callback):
+class ChapterFigures(EpochHistory):
     """Writes the chapter's pictures into the run folder and TensorBoard, and keeps the per-epoch history.
 
     Args:
@@ -145,20 +157,19 @@ class ChapterFigures(L.Callback):
             on the test split (the chapter's "test acc" curve).
 
     Attributes:
-        history: one row per finished epoch, from the logged metrics: ``epoch`` (1-based), ``train_loss``,
-            ``train_acc``, ``val_loss`` and ``val_acc`` (when the epoch validated) and ``seconds`` (wall time of the
-            epoch, validation included). Saved in every checkpoint (``state_dict``), so a resumed run keeps its whole
-            history.
+        history: one row per finished epoch (``EpochHistory``), saved in every checkpoint (``state_dict``), so a
+            resumed run keeps its whole history.
     """
 
     def __init__(self, labels: str = "en", n_images: int = 16, val_name: str = "val") -> None:
-        class_names(labels)  # validate early
+        if labels not in ("en", "zh"):
+            raise UserError(f"labels must be 'en' or 'zh', got {labels!r} (--figures.labels)")
         if not 1 <= n_images <= MAX_IMAGES:
             raise UserError(f"n_images must be in 1..{MAX_IMAGES}, got {n_images} (--figures.n_images)")
         if val_name not in ("val", "test"):
             raise UserError(f"val_name must be 'val' or 'test', got {val_name!r}")
+        super().__init__()
         self.labels, self.n_images, self.val_name = labels, n_images, val_name
-        self.rows = EpochRows()
         self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # the first n validation images and labels
         self.confusion: torch.Tensor | None = None  # the last validation confusion matrix (true rows)
         self.mistakes = ConfusionExamples(per_pair=4)  # a few images per (true, predicted) mistake, last validation
@@ -168,10 +179,6 @@ class ChapterFigures(L.Callback):
         self._curves: figures.CurvesPlot | None = None
         self._display = None  # the live curves' handle in a Jupyter notebook
 
-    @property
-    def history(self) -> list[dict[str, float]]:
-        return self.rows.rows
-
     # ------------------------------------------------------------------ run folder and history
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Keep the trainer (as Lightning's own progress bars do) and find the run folder, on every rank:
@@ -180,10 +187,8 @@ class ChapterFigures(L.Callback):
         log_dir = trainer.log_dir if trainer.loggers and not trainer.fast_dev_run else None
         self._run = Path(log_dir) if log_dir and trainer.is_global_zero else None
 
-    def _record_epoch(self, trainer: L.Trainer) -> None:
-        """Complete the row of the epoch whose training ended, if not yet kept, and redraw the curves."""
-        if self.rows.complete(trainer) is not None:
-            self._save_curves(trainer.max_epochs)
+    def on_history_row(self, trainer: L.Trainer, row: dict[str, float]) -> None:
+        self._save_curves(trainer.max_epochs)
 
     def _save_curves(self, max_epochs: int) -> None:
         """Redraw ``curves.png`` from the history; in a Jupyter kernel, also show it (the first time) or update it."""
@@ -201,30 +206,16 @@ class ChapterFigures(L.Callback):
             else:
                 self._display.update(Image(data=png))
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._record_epoch(trainer)
-        self.rows.epoch_started()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows.epoch_ended(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._record_epoch(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
-            self.rows.validation_ended(trainer)
-
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the history (with the row of an epoch that has just ended), the values of the
         epoch in progress, the prediction grid's images and the last confusion matrix."""
         if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
-            self._record_epoch(self._trainer)
-        return {**self.rows.state_dict(), "sample": self.sample, "confusion": self.confusion,
+            self._complete_row(self._trainer)
+        return {**self.history_state(), "sample": self.sample, "confusion": self.confusion,
                 "mistakes": self.mistakes.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows.load_state_dict(state_dict)
+        self.load_history_state(state_dict)
         self.sample, self.confusion = state_dict.get("sample"), state_dict.get("confusion")
         if "mistakes" in state_dict:
             self.mistakes.load_state_dict(state_dict["mistakes"])
@@ -310,7 +301,7 @@ class ChapterFigures(L.Callback):
                 _add_png(tb, f"figures/{name}", png, trainer.global_step)
 
 
-class EpochLog(ProgressBar):
+class EpochLog(ProgressBar, EpochHistory):
     """Lightning's progress bar for logs: one plain line per epoch, and no carriage-return redraws.
 
     The training script uses it instead of the TQDM bar when stdout is not a terminal (a file, a pipe, CI, a
@@ -319,8 +310,8 @@ class EpochLog(ProgressBar):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.rows = EpochRows()
+        ProgressBar.__init__(self)
+        EpochHistory.__init__(self)  # (ProgressBar's __init__ does not call the next one's)
         self._enabled = True
 
     def disable(self) -> None:
@@ -329,23 +320,7 @@ class EpochLog(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    def _print_row(self, trainer: L.Trainer) -> None:
-        row = self.rows.complete(trainer)
-        if row is None or not self._enabled:
-            return
-        values = "  ".join(f"{k} {row[k]:.4f}" for k in SERIES if k != "val_loss" and k in row)
-        print(f"epoch {row['epoch']}/{trainer.max_epochs}  {values}  {row['seconds']:.1f} s", flush=True)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._print_row(trainer)
-        self.rows.epoch_started()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows.epoch_ended(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
-            self.rows.validation_ended(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._print_row(trainer)
+    def on_history_row(self, trainer: L.Trainer, row: dict[str, float]) -> None:
+        if self._enabled:
+            values = "  ".join(f"{k} {row[k]:.4f}" for k in SERIES if k != "val_loss" and k in row)
+            print(f"epoch {row['epoch']}/{trainer.max_epochs}  {values}  {row['seconds']:.1f} s", flush=True)

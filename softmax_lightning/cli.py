@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shlex
 import sys
 import warnings
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from softmax_lightning.callbacks import ChapterFigures, EpochLog
 from softmax_lightning.checkpoint import LOGS, AtomicCheckpointIO, newest_checkpoint, read_checkpoint
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import exit_quietly_on_broken_pipe, write_error
+from softmax_lightning.io import check_path, exit_quietly_on_broken_pipe, write_error
 from softmax_lightning.model import SoftmaxRegression
 from softmax_lightning.options import check_config_files, check_options, check_trainer
 from softmax_lightning.resume import NothingToDo, Resume, typed_settings
@@ -111,7 +110,8 @@ class TrainCLI(LightningCLI):
         if "weights_only" in cfg:
             cfg.weights_only = True
         check_trainer(cfg.trainer)
-        if cfg.get("ckpt_path"):
+        if cfg.get("ckpt_path") is not None:
+            check_path(cfg.ckpt_path, "--ckpt_path", ".ckpt file (or 'last')")  # (also from a config file)
             self._start_from(cfg)
 
     def _start_from(self, cfg) -> None:
@@ -133,6 +133,10 @@ class TrainCLI(LightningCLI):
         if tuple(resume.checkpoint["state_dict"]["W"].shape) != (FashionMNISTDataModule.pixels, 10):
             raise UserError(f"checkpoint {path} holds W of shape {tuple(resume.checkpoint['state_dict']['W'].shape)}, "
                             f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model")
+        if self.fn != "fit":  # evaluating restores the weights; the checkpoint's own callbacks are not needed
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
+        else:  # resuming continues in the run's own folder, whose checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.fn == "fit" and resume.run is not None:
             if rank_zero_only.rank == 0:  # the lock is rank 0's
                 RunFolder.check_free(resume.run)
@@ -217,9 +221,9 @@ NOISE = ("litlogger", "litmodels", "Seed set to", "Received SIGTERM", "Detected 
 @contextmanager
 def quiet_lightning():
     """Drop lines of noise Lightning prints on every run while the block runs (adverts, the seed, which
-    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and three warnings: a torch
+    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and four warnings: a torch
     deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
-    and the seed's bounds (the data module refuses such a seed in one line)."""
+    the seed's bounds (the data module refuses such a seed in one line), and torchmetrics' about restored sums."""
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
 
@@ -232,6 +236,9 @@ def quiet_lightning():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         warnings.filterwarnings("ignore", message=r".* is not in bounds, numpy accepts")
+        # resumed before an epoch's end, the train metrics have their sums from the checkpoint, which torchmetrics
+        # does not count as updates
+        warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
         try:
             yield
         finally:
@@ -254,10 +261,9 @@ def _resume_hint(run_folder: RunFolder, subcommand: str | None) -> str:
     """How to resume after a stop: the run's checkpoint, whose folder carries the run's settings (``config.yaml``)."""
     if not run_folder.has_checkpoint():
         return "before the first checkpoint; nothing to resume: run the same command again"
-    ckpt = run_folder.path / "checkpoints" / "last.ckpt"
+    ckpt = recipe.here(run_folder.path / "checkpoints" / "last.ckpt")
     sub = [subcommand] if subcommand else []
-    return (f"{ckpt} holds the last finished epoch. Resume with: "
-            f"{shlex.join(['python', 'scripts/train.py', *sub, '--ckpt_path', str(ckpt)])}")
+    return f"{ckpt} holds the last checkpoint. Resume with: {recipe.command('scripts/train.py', *sub, '--ckpt_path', ckpt)}"
 
 
 @exit_quietly_on_broken_pipe
@@ -274,10 +280,11 @@ def main(args: list[str] | None = None) -> int:
     run_folder, code = RunFolder(), 1
     with quiet_lightning():
         try:
+            checked = check_options(argv[1:])
             if (ckpt := _option(argv, "--ckpt_path")) not in (None, "last"):
                 read_checkpoint(ckpt)  # LightningCLI reads its hyper-parameters first: refuse a bad file in one line
             try:
-                make_cli([argv[0], *check_options(argv[1:])], run_folder, recipe=recipe_mode, run=True)
+                make_cli([argv[0], *checked], run_folder, recipe=recipe_mode, run=True)
             except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
                 raise UserError(f"bad configuration: {one_line(e)} (see --help)") from None
             code = 0

@@ -10,6 +10,8 @@ One Lightning batch is one minibatch: 235 per training epoch at batch size 256, 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import lightning as L
@@ -17,7 +19,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from softmax_lightning.errors import UserError
-from softmax_lightning.fashion_mnist import find_raw_files, load_split
+from softmax_lightning.fashion_mnist import MAX_ITEMS, find_raw_files, load_split
+from softmax_lightning.io import check_path
 
 CLASSES_EN = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -155,12 +158,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def __init__(self, data_dir: str = "data", batch_size: int = 256, val_size: int = 0, num_workers: int = 0,
                  seed: int = 0, standardize: bool = False, download: bool = True) -> None:
         super().__init__()
-        if not data_dir:
-            raise UserError("data_dir is empty; pass --data.data_dir with a folder path")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size} (--data.batch_size)")
+        check_path(data_dir, "--data.data_dir", "folder path")  # not empty, not too long for the system
+        if not 1 <= batch_size <= MAX_ITEMS:
+            raise UserError(f"batch_size must be >= 1 and <= {MAX_ITEMS} (the most images a split may hold), got "
+                            f"{batch_size} (--data.batch_size)")
         if val_size < 0:
             raise UserError(f"val_size must be >= 0, got {val_size} (--data.val_size)")
+        if val_size >= MAX_ITEMS:  # (setup checks it against the training set's real size)
+            raise UserError(f"val_size must be smaller than the training set (at most {MAX_ITEMS} images), got "
+                            f"{val_size} (--data.val_size)")
         if not 0 <= num_workers <= self.max_workers:
             raise UserError(f"num_workers must be in 0..{self.max_workers}, got {num_workers} (--data.num_workers)")
         if not 0 <= seed < 2**32:
@@ -201,6 +207,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
             for X in {id(X): X for X, _ in splits.values()}.values():  # val may alias test: each tensor once
                 X.sub_(mean).div_(std)
         self.train_set, self.val_set, self.test_set = (InMemoryDataset(*splits[s]) for s in ("train", "val", "test"))
+        if self.trainer is not None:
+            self._check_batch_limits()
+
+    def _check_batch_limits(self) -> None:
+        """Refuse a fraction ``limit_<stage>_batches`` of the Trainer (``overfit_batches`` sets those too) that
+        leaves a split no batch at all, now, before training: Lightning finds out only when that stage starts (the
+        test split: after fitting)."""
+        world, size = self.trainer.world_size, self.hparams.batch_size
+        for stage, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            batches = math.ceil(math.ceil(len(dataset) / world) / size)  # per process
+            name = f"limit_{stage}_batches"
+            fraction = getattr(self.trainer, name, None)
+            if isinstance(fraction, float) and 0 < fraction < 1 and int(batches * fraction) == 0:
+                raise UserError(f"{name} {fraction:g} of the {batches} {stage} batches is none; pass a fraction of at "
+                                f"least {1 / batches:.3g}, or a number of batches (--trainer.{name})")
 
     def _loader(self, dataset: InMemoryDataset, shuffle: bool = False) -> DataLoader:
         """One loader factory for every split: train shuffles (``EpochShuffle``), the others keep the files' order

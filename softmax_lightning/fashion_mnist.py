@@ -115,6 +115,11 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
     # (3) torchvision's download.
     failed = ""
     if download:
+        made = []  # the folders torchvision will make (data_dir/FashionMNIST/raw and missing parents), deepest first
+        folder = raw
+        while not os.path.lexists(folder) and folder != folder.parent:
+            made.append(folder)
+            folder = folder.parent
         try:
             from torchvision.datasets import FashionMNIST
 
@@ -123,6 +128,11 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
             return raw
         except Exception as e:  # noqa: BLE001 - any network/IO failure means "this way did not work"
             failed = f" (torchvision's download failed: {one_line(e, 120)})"
+            for folder in made:  # a failed download leaves no empty folders behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     raise UserError(f"Fashion-MNIST files not found ({', '.join(missing)} missing in {raw}){failed}; "
                     + HOW_TO_GET.format(raw=raw, sys=system_dir))
 

@@ -227,7 +227,7 @@ def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation 
     thresh = m.max().item() / 2
     with new_figure((7.0, 6.0), labels) as (fig, names):
         ax = fig.subplots()
-        ax.imshow(m, cmap="Blues")
+        ax.imshow(m.numpy(), cmap="Blues")
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,

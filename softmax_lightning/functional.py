@@ -65,14 +65,16 @@ def softmax(X: Tensor) -> Tensor:
         X: logits, shape ``(batch, classes)``.
 
     Returns:
-        Row-wise probabilities: non-negative, each row sums to 1.
+        Row-wise probabilities in [0, 1], each row summing to 1. Nothing overflows, but an entry far below its row's
+        max still underflows to exactly 0 (float32: more than ~104 below; subnormal, with fewer digits, from ~87.3), so
+        ``-log(softmax(X))`` can be ``inf`` and its gradient ``nan`` (exercise 2): take logs with ``log_softmax``.
 
     Example:
         >>> softmax(torch.tensor([[0.0, 0.0], [0.0, 1000.0]]))
         tensor([[0.5000, 0.5000],
                 [0.0000, 1.0000]])
     """
-    X_exp = torch.exp(X - X.amax(1, keepdim=True))  # (batch, classes), entries in (0, 1]
+    X_exp = torch.exp(X - X.amax(1, keepdim=True))  # (batch, classes), entries in [0, 1], the max's exactly 1
     return X_exp / X_exp.sum(1, keepdim=True)
 
 
@@ -97,9 +99,12 @@ def cross_entropy_naive(y_hat: Tensor, y: Tensor) -> Tensor:
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Stable cross-entropy from logits: ``-log_softmax(logits)[range(n), y]`` (finite for finite logits).
 
-    The same number as ``cross_entropy_naive(softmax(logits), y)`` where that one is finite, without ever forming a
-    probability that could underflow to 0 (exercise 2). Gradients come from autograd, as in the chapter; the
-    hand-written backward is ``cross_entropy_grad`` below.
+    It never forms the true class's probability, so its value and gradient stay right however far that class trails.
+    ``cross_entropy_naive(softmax(logits), y)`` agrees with it to float32 rounding only while that probability is a
+    normal float32 (the true logit less than ~87 below the max). Further down, its gradient is already ``inf``/``nan``
+    (from ~89: ``1/p`` overflows) while its loss is still right; the loss itself loses digits once ``p`` is a tiny
+    subnormal (0.02 off at 100, up to 0.7 just below 104) and is ``inf`` past ~104 (exercise 2). Gradients come from
+    autograd, as in the chapter; the hand-written backward is ``cross_entropy_grad`` below.
 
     Args:
         logits: unnormalised scores, shape ``(batch, classes)``.

@@ -83,6 +83,37 @@ def check_regular_file(path: Path, fix: str | None = None) -> bool:
     return True
 
 
+def shown(path: str | Path, limit: int = 80) -> str:
+    """``path`` for a message: as it is, or its start and end around an ellipsis when longer than ``limit``."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 4):]} ({len(text)} characters)"
+
+
+def check_path(path: str | Path, flag: str, what: str = "path") -> Path:
+    """``path`` as a ``Path``, if the system can look it up; refuse (``UserError``) an empty string, a name that is
+    too long (``ENAMETOOLONG``), one with a NUL byte, or a loop of links. Whether anything is there is not checked.
+
+    Args:
+        flag: the option that named it, for the message (``--data.data_dir``).
+        what: what the path is, for the message (``"folder"``).
+    """
+    if not str(path).strip():
+        raise UserError(f"{flag} is an empty string; pass a {what}")
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (yet): the caller decides
+        pass
+    except ValueError:  # an embedded NUL byte
+        raise UserError(f"{flag} {shown(repr(str(path)))} holds a NUL byte; pass a {what} without one") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise UserError(f"{flag} {shown(path)}: {e.strerror}; pass a shorter {what}") from None
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{flag} {shown(path)}: {e.strerror}; fix the links or pass another {what}") from None
+        # (anything else, e.g. a folder without permission, is for the caller, which says what it needed)
+    return Path(path)
+
+
 def write_error(path: str | Path, e: OSError) -> UserError:
     """One line for a failed write: where, why, and how to fix it (never "delete your data")."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -100,6 +131,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; name a file to write")
+    if os.path.lexists(path) and not (path.is_file() or path.is_symlink()):  # a device or FIFO is never replaced
+        raise UserError(f"{path} is not a regular file (a device, FIFO or socket); name a file to write")
     remove_stale_temp_files(path.parent)
     tmp = temp_path(path)
     try:

@@ -27,6 +27,8 @@ from softmax_lightning.errors import UserError
 from softmax_lightning.optim import ChapterSGD
 
 STAGES = ("train", "val", "test")
+MAX_SCALE = 1e6  # the largest lr, init_std and weight_decay accepted: far past divergence (the chapter: 0.1, 0.01,
+# 0); much larger values (1e30) overflow the float32 weights within one update, before the loss check can see it
 DIVERGED = 1e6  # a per-sample cross-entropy above this (p(true class) < e^-1000000) means training has blown up
 HALF = (torch.float16, torch.bfloat16)
 
@@ -63,10 +65,10 @@ class SoftmaxRegression(L.LightningModule):
     ) -> None:
         super().__init__()
         for name, value, ok, rule in (
-            ("lr", lr, math.isfinite(lr) and lr > 0, "a finite number > 0"),
-            ("init_std", init_std, math.isfinite(init_std) and init_std >= 0, "a finite number >= 0"),
+            ("lr", lr, 0 < lr <= MAX_SCALE, f"a number > 0 and <= {MAX_SCALE:g}"),
+            ("init_std", init_std, 0 <= init_std <= MAX_SCALE, f"a number >= 0 and <= {MAX_SCALE:g}"),
             ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
-            ("weight_decay", weight_decay, math.isfinite(weight_decay) and weight_decay >= 0, "a finite number >= 0"),
+            ("weight_decay", weight_decay, 0 <= weight_decay <= MAX_SCALE, f"a number >= 0 and <= {MAX_SCALE:g}"),
             ("num_inputs", num_inputs, num_inputs >= 1, ">= 1"),
             ("num_outputs", num_outputs, num_outputs >= 2, ">= 2"),
         ):
@@ -200,6 +202,11 @@ class SoftmaxRegression(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint without the train metrics' sums (written before they were saved) loads with empty ones."""
+        for name, value in self.state_dict().items():
+            checkpoint["state_dict"].setdefault(name, value)
 
     # ------------------------------------------------------------------ 7. the hand-written SGD
     def configure_optimizers(self):

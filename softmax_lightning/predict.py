@@ -33,9 +33,10 @@ from torch import Tensor
 from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint, run_folder_of
 from softmax_lightning.data import class_names
 from softmax_lightning.fashion_mnist import find_raw_files, load_split
+from softmax_lightning.decisions import ABSTAIN, check_abstain_cost, decide, load_cost_matrix, parse_prior, shift_prior
 from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.functional import evidence
-from softmax_lightning.io import check_regular_file, exit_quietly_on_broken_pipe, read_small_text, write_error
+from softmax_lightning.io import check_path, check_regular_file, exit_quietly_on_broken_pipe, write_error
 from softmax_lightning.model import SoftmaxRegression
 
 MAX_PIXELS = 64_000_000  # largest image accepted (8000 x 8000), checked from the header before decoding
@@ -57,7 +58,7 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> tuple[Softma
     known = inspect.signature(SoftmaxRegression).parameters  # LightningCLI adds keys such as _instantiator
     try:
         model = SoftmaxRegression(**{k: v for k, v in hparams.items() if k in known})
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict({k: ckpt["state_dict"][k] for k in ("W", "b")}, strict=False)  # (not the metrics)
     except (TypeError, RuntimeError, UserError) as e:
         raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({one_line(e, 200)})") \
             from None
@@ -146,36 +147,6 @@ def standardize(X: Tensor, stats: tuple[float, float] | None) -> Tensor:
     return X if stats is None else (X - stats[0]) / stats[1]
 
 
-def bayes_decisions(probs: Tensor, cost: Tensor) -> Tensor:
-    """Minimum-expected-cost classes: ``argmin_k sum_j cost[j, k] * p_j`` (``cost[j, k]``: true j, predicted k)."""
-    return (probs @ cost).argmin(1)  # (n, classes) @ (classes, classes) -> (n, classes) expected costs
-
-
-def load_cost_matrix(path: str | Path, n: int = 10) -> Tensor:
-    """A ``n x n`` cost matrix (rows: true class, columns: predicted) from a JSON or whitespace/CSV text file."""
-    text = read_small_text(path, "cost matrix", "--cost-matrix", max_bytes=64 * 1024)
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else \
-            [[float(v) for v in line.replace(",", " ").split()] for line in text.splitlines() if line.strip()]
-        cost = torch.tensor(rows, dtype=torch.float32)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"cost matrix {path} is not a table of numbers ({e}); write {n} rows of {n} numbers") \
-            from None
-    if cost.shape != (n, n) or not torch.isfinite(cost).all():
-        raise UserError(f"cost matrix {path} has shape {tuple(cost.shape)}; it needs {n} rows of {n} finite numbers")
-    return cost
-
-
-def decide(probs: Tensor, cost: Tensor | None, reject_below: float | None) -> Tensor:
-    """Predicted classes: argmax, or Bayes decisions under ``cost``; -1 where the top probability < ``reject_below``."""
-    preds = probs.argmax(1) if cost is None else bayes_decisions(probs, cost)
-    if reject_below is not None:
-        preds = torch.where(probs.max(1).values < reject_below, torch.full_like(preds, -1), preds)
-    return preds
-
-
-
-
 class _Parser(argparse.ArgumentParser):
     """``argparse`` whose usage errors are one ``error: ...`` line (exit code 2), like every other refusal here."""
 
@@ -213,8 +184,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--explain-rows", type=int,
                    help=f"how many images explain.png shows (the first ones), 1..{MAX_EXPLAIN_ROWS} (default "
                         f"{EXPLAIN_ROWS})")
-    p.add_argument("--cost-matrix", help="10x10 costs (rows true, columns predicted): choose min expected cost")
-    p.add_argument("--reject-below", type=float, help="abstain (predict -1) when the top probability is below this")
+    p.add_argument("--cost-matrix", metavar="FILE",
+                   help="10x10 costs, rows true class, columns predicted, all >= 0: predict the class of least "
+                        "expected cost (the Bayes rule)")
+    p.add_argument("--abstain-cost", type=float, metavar="C",
+                   help="the cost of abstaining (handing the image to a person): abstain where every class's expected "
+                        "cost is higher; without --cost-matrix a mistake costs 1, so this abstains where the top "
+                        "probability < 1 - C (Chow's rule)")
+    p.add_argument("--reject-below", type=float, metavar="TAU",
+                   help="Chow's rule by its threshold: abstain where the top probability < TAU (the same as "
+                        "--abstain-cost 1-TAU; not with --cost-matrix)")
+    p.add_argument("--prior", metavar="P",
+                   help="class frequencies where the model is used, 10 positive numbers in class order, e.g. "
+                        "1,1,1,1,1,1,3,1,1,1: probabilities are corrected from the training split's (uniform) "
+                        "frequencies before any rule")
     return p
 
 
@@ -224,6 +207,9 @@ def _check_writable(path: Path, flag: str) -> None:
     are made)."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name the PNG file to write")
+    if os.path.lexists(path) and not path.is_file():  # /dev/null, a FIFO: never replaced by a PNG
+        raise UserError(f"{flag} {path} is not a regular file (a device, FIFO, socket or broken link); name the PNG "
+                        f"file to write")
     folder = path.parent
     while not os.path.lexists(folder):
         folder = folder.parent
@@ -239,11 +225,12 @@ def check_options(args: argparse.Namespace) -> tuple[Path, Path | None, Path | N
     PNGs: ``None`` when not written)."""
     for flag, value in (("--ckpt_path", args.ckpt_path), ("--root_dir", args.root_dir),
                         ("--data.data_dir", args.data_dir), ("--out", args.out), ("--cost-matrix", args.cost_matrix)):
-        if value is not None and not value.strip():
-            raise UserError(f"{flag} is an empty string; pass a path")
+        if value is not None:
+            check_path(value, flag)  # not empty, not too long for the system
     if any(not p.strip() for p in args.images):
         raise UserError("an image path is an empty string; pass the paths of PNG or JPEG files")
     for p in args.images:
+        check_path(p, "image", "PNG or JPEG file")
         if not check_regular_file(Path(p), fix="pass a PNG or JPEG file"):
             raise UserError(f"image {p} not found; check the path")
     if args.n is not None and args.images:
@@ -256,8 +243,16 @@ def check_options(args: argparse.Namespace) -> tuple[Path, Path | None, Path | N
         raise UserError("--explain-rows needs --explain")
     if args.explain_rows is not None and not 1 <= args.explain_rows <= MAX_EXPLAIN_ROWS:
         raise UserError(f"--explain-rows must be in 1..{MAX_EXPLAIN_ROWS}, got {args.explain_rows}")
-    if args.reject_below is not None and not 0 <= args.reject_below <= 1:
-        raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
+    args.abstain_cost = None if args.abstain_cost is None else check_abstain_cost(args.abstain_cost)
+    if args.reject_below is not None:  # Chow's rule by its threshold: --abstain-cost 1-TAU under 0/1 costs
+        if not 0 <= args.reject_below <= 1:
+            raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
+        if args.cost_matrix or args.abstain_cost is not None:
+            raise UserError("--reject-below TAU is Chow's rule for 0/1 costs (the same as --abstain-cost 1-TAU); "
+                            "pass only one of them, and with --cost-matrix use --abstain-cost")
+        args.abstain_cost = 1.0 - args.reject_below
+    args.prior = parse_prior(args.prior) if args.prior is not None else None
+    args.cost_matrix = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     if args.images and args.out and not args.explain:
         raise UserError("--out names the prediction grid, drawn for test images only; with image files, add "
                         "--explain (explain.png goes beside --out) or drop --out")
@@ -297,7 +292,6 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     ckpt, grid_png, explain_png = check_options(args)
     model, stats = load_checkpoint(ckpt)  # refuses anything but a regular, safely loadable checkpoint file
     names = class_names(args.labels)
-    cost = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     photos = [load_photo(p, args.invert) for p in args.images]
     if photos:
         X = torch.stack([ph.image for ph in photos])  # (n, 28, 28)
@@ -314,13 +308,16 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     if not (torch.isfinite(probs).all() and torch.isfinite(logits).all()):  # never print nan (and invalid JSON)
         raise UserError(f"checkpoint {ckpt} gives non-finite probabilities (its weights are too large: training "
                         f"diverged); pass --ckpt_path with an earlier checkpoint")
-    preds = decide(probs, cost, args.reject_below)
-    name = lambda k: "(abstain)" if k < 0 else names[k]  # noqa: E731
+    if args.prior is not None:
+        probs = shift_prior(probs, args.prior)  # the deployment's class frequencies; the training split's are uniform
+    preds = decide(probs, args.cost_matrix, args.abstain_cost)
+    name = lambda k: "(abstain)" if k == ABSTAIN else names[k]  # noqa: E731
     records = []
     for i in range(len(X)):
         top = probs[i].topk(3)
-        rec = {"image": args.images[i] if args.images else i, "predicted": name(int(preds[i])),
-               "probability": round(float(probs[i].max()), 4),
+        k = int(preds[i])
+        rec = {"image": args.images[i] if args.images else i, "predicted": name(k),  # p: of the class decided on
+               "probability": round(float(probs[i].max() if k == ABSTAIN else probs[i, k]), 4),
                "top3": [{"class": names[int(k)], "probability": round(float(p), 4)} for p, k in zip(*top)],
                "logits": {names[k]: round(float(v), 4) for k, v in enumerate(logits[i])}}
         if y is not None:
@@ -398,10 +395,16 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
     else:
         print(f"{'#':>4}  {pad('true', w)} {pad('predicted', w)} {'p':>6}")
         for r in records:
-            mark = "" if r["true"] == r["predicted"] else "  <- wrong"
+            mark = "" if r["true"] == r["predicted"] or r["predicted"] == "(abstain)" else "  <- wrong"
             print(f"{r['image']:>4}  {pad(r['true'], w)} {pad(r['predicted'], w)} {r['probability']:6.3f}{mark}")
-        right = sum(r["true"] == r["predicted"] for r in records)
-        print(f"accuracy on these {len(records)}: {right / len(records):.3f}")
+        answered = [r for r in records if r["predicted"] != "(abstain)"]  # an abstention is handed to a person
+        if not answered:
+            print(f"all {len(records)} abstained: no accuracy to report")
+        else:
+            acc = sum(r["true"] == r["predicted"] for r in answered) / len(answered)
+            which = f"these {len(records)}" if len(answered) == len(records) else \
+                f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
+            print(f"accuracy on {which}: {acc:.3f}")
     sys.stdout.flush()  # before the notes below, so that they follow the table in a terminal
     for key, path in report.get("figures", {}).items():
         extra = f" (the first {min(len(records), GRID_MAX)} images)" if key == "predictions" and \
@@ -415,7 +418,10 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``scripts/predict.py``; exit code 2 with one ``error:`` line on bad input, 141 when stdout is
     a pipe that closed early."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a usage error (2) whose one line argparse has printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         predict(args)
     except UserError as e:

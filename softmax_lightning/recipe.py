@@ -39,6 +39,7 @@ def finish(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightning
                    train_seconds=round(sum(row.get("seconds", 0.0) for row in history), 3), checkpoint=ckpt or None,
                    history=history)
     run = run_folder(trainer)  # (every rank asks: log_dir broadcasts)
+    run = here(run) if run is not None else None
     if not trainer.is_global_zero:
         return metrics
     if run is not None:
@@ -61,16 +62,26 @@ def keep_results(trainer: L.Trainer, fn: str) -> None:
         return
     if fn != "predict":
         write_json(results / "metrics.json", {k: float(v) for k, v in trainer.callback_metrics.items()})
-    print(f"{fn} results: {results}", flush=True)
+    print(f"{fn} results: {here(results)}", flush=True)
+
+
+def here(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (as a user typed it), else as it is."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def command(*args: str) -> str:
+    """A command line with this interpreter (``.venv/bin/python`` from the repository), so that it works as printed
+    in a new shell, with no venv to activate."""
+    return shlex.join([str(here(Path(sys.executable))), *map(str, args)])
 
 
 def tensorboard_command(logdir: Path) -> str:
-    """The command that opens ``logdir`` in TensorBoard with this interpreter, so it works as printed in a new shell
-    (no venv to activate): ``.venv/bin/python -m tensorboard.main --logdir lightning_logs`` from the repository."""
-    python = Path(sys.executable)
-    if Path.cwd() in python.parents:
-        python = python.relative_to(Path.cwd())
-    return shlex.join([str(python), "-m", "tensorboard.main", "--logdir", str(logdir)])
+    """The command that opens ``logdir`` in TensorBoard: ``.venv/bin/python -m tensorboard.main --logdir ...``."""
+    return command("-m", "tensorboard.main", "--logdir", here(logdir))
 
 
 def summarize(metrics: dict[str, Any], val_name: str = "val") -> str:

@@ -43,6 +43,7 @@ class RunFolder:
     def __init__(self) -> None:
         self.path: Path | None = None
         self.created = False  # made by this process (so it may be removed again)
+        self.made: list[Path] = []  # the folders above it that this process made too, deepest first
         self._lock_file = None  # the open, flock-ed lock file while this process holds the folder
 
     @staticmethod
@@ -72,6 +73,10 @@ class RunFolder:
 
     def create(self, logs: Path) -> int:
         """Make the next ``version_N`` under ``logs`` exclusively (two processes never get the same one); lock it."""
+        folder, made = logs, []
+        while not os.path.lexists(folder) and folder != folder.parent:
+            made.append(folder)
+            folder = folder.parent
         try:
             logs.mkdir(parents=True, exist_ok=True)
             n = max(run_versions(logs.parent), default=-1) + 1
@@ -82,9 +87,10 @@ class RunFolder:
                 except FileExistsError:  # another process took it first
                     n += 1
         except OSError as e:
+            self._remove_empty(made)
             raise UserError(f"cannot create a run folder in {logs}: {e.strerror}; pass "
                             f"--trainer.default_root_dir with a writable folder") from None
-        self.path, self.created = logs / f"version_{n}", True
+        self.path, self.created, self.made = logs / f"version_{n}", True, made
         self.lock()
         return n
 
@@ -123,6 +129,16 @@ class RunFolder:
                     and not p.name.startswith("events.out.tfevents")]
             if not kept:  # no checkpoint, figure or metrics: a start that failed before its first epoch ended
                 shutil.rmtree(self.path, ignore_errors=True)
+                self._remove_empty(self.made)  # (lightning_logs/ and the root folder, if this start made them)
+
+    @staticmethod
+    def _remove_empty(folders: list[Path]) -> None:
+        """Remove ``folders`` (deepest first) while they are empty: another run may have started there meanwhile."""
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def complete_outputs(run: Path) -> bool:

@@ -95,6 +95,8 @@ def _comparable(metrics: dict) -> dict:
     return out
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # (a copied run folder)
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # (the same: the copy's checkpoints are used)
 @pytest.mark.parametrize("case,args,resume_from", [
     ("sparse validation", ["--trainer.check_val_every_n_epoch=2"], "epoch=1-step=40.ckpt"),  # at validation end
     ("validation twice an epoch", ["--trainer.val_check_interval=0.5"], "epoch=1-step=30.ckpt"),  # mid-epoch

@@ -114,6 +114,7 @@ def test_precision_64_converts_the_batches(data_dir):
     assert trainer.global_step == 3 and math.isfinite(float(trainer.callback_metrics["val_loss"]))
 
 
+@pytest.mark.filterwarnings("ignore:You requested to overfit:UserWarning")  # Lightning's documented behaviour
 def test_overfit_one_batch(data_dir):
     m = SoftmaxRegression(lr=1.0)
     trainer = _trainer(max_epochs=150, overfit_batches=1, limit_val_batches=0)

@@ -65,7 +65,7 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
     proc = subprocess.Popen(_train_cmd(logs, *recipe), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline, epoch_done, seen = time.time() + 300, None, None
+        deadline, epoch_done, seen = time.time() + 900, None, None
         while time.time() < deadline and proc.poll() is None:
             if ckpt.exists() and ckpt.stat().st_mtime != seen:
                 seen = ckpt.stat().st_mtime

@@ -211,9 +211,9 @@ def test_a_signal_stops_the_run_with_its_exit_code_and_how_to_resume(tmp_path, d
     line = one_error_line(err, f"stopped by {'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}", "--ckpt_path")
     assert torch.load(ckpt, weights_only=True)["state_dict"]["W"].shape == (784, 10)  # resumable
     if signum == signal.SIGTERM:  # the printed command finishes the run
-        command = shlex.split(line.split("Resume with: ", 1)[1])
-        assert command[:2] == ["python", "scripts/train.py"]
-        done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        command = shlex.split(line.split("Resume with: ", 1)[1])  # this interpreter, as printed
+        assert command[1:3] == ["scripts/train.py", "--ckpt_path"] and len(command) == 4
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads((ckpt.parent.parent / "metrics.json").read_text())["epochs"] == 3
 
@@ -263,8 +263,9 @@ def test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder(tmp_path, fin
 @pytest.mark.parametrize("args,text", [
     (["--model.num_inputs=100"], "--model.num_inputs is not an option: the model's sizes come from the data"),
     (["--model.num_outputs=5"], "--model.num_outputs is not an option"),
-    (["--model.lr=1e308"], "training diverged"),
-    (["--model.init_std=1e30"], "training diverged"),
+    (["--model.lr=1e308"], "lr must be a number > 0 and <= 1e+06"),  # (its first update would overflow float32)
+    (["--model.init_std=1e30"], "init_std must be a number >= 0 and <= 1e+06"),
+    (["--model.lr=1e6", "--model.softmax=naive"], "training diverged"),
 ])
 def test_arguments_that_cannot_train_are_one_line_and_leave_no_run_folder(tmp_path, data_dir, capsys, args, text):
     expect_error(capsys, train_args(tmp_path, *SHORT, *args), text)
