@@ -136,6 +136,15 @@ MUTATIONS: list[Mutation] = [
       "ece += n / len(y) * abs(a - c)", "ece += abs(a - c) / bins",
       "the calibration error averages the bins without weighting them by their number of images",
       ("tests/test_exercises.py::test_4_ece_by_hand_matches_torchmetrics",)),
+    M("bayes-rule-most-costly", "softmax_lightning/decisions.py",
+      "return expected_costs(probs, cost).argmin(1)", "return expected_costs(probs, cost).argmax(1)",
+      "the Bayes rule picks the class of largest expected cost instead of the least",
+      ("tests/test_exercises.py::test_4_bayes_rule_with_zero_one_costs_is_the_argmax",)),
+    M("prior-shift-not-renormalised", "softmax_lightning/decisions.py",
+      "return shifted / shifted.sum(1, keepdim=True)", "return shifted",
+      "the prior correction forgets to renormalise: the shifted probabilities no longer sum to 1",
+      ("tests/test_exercises.py::test_4_prior_correction_is_bayes_rule_with_the_new_prior",
+       "softmax_lightning/decisions.py::softmax_lightning.decisions.shift_prior")),
     # ---------------------------------------------------------------------------- the SGD (optim.py)
     M("sgd-divides-by-256", "softmax_lightning/optim.py",
       "p.sub_(p.grad * (lr / batch_size))", "p.sub_(p.grad * (lr / 256))",
@@ -327,11 +336,11 @@ MUTATIONS: list[Mutation] = [
       (OUTSIDE_RUN, EVALUATE, OWN_SETTINGS)),
     # ---------------------------------------------------------------------------- what the run records, prediction
     M("pending-validation-not-saved", "softmax_lightning/callbacks.py",
-      '"pending": dict(self.pending),', "",
+      '"pending": dict(self._pending),', "",
       "an epoch's validation values known at a checkpoint are not saved: its history row loses them on resume",
       (RESUME_AT["sparse validation"],)),
     M("history-not-restored", "softmax_lightning/callbacks.py",
-      'self.rows = list(state.get("history", []))', "self.rows = []",
+      'self.history = list(state.get("history", []))', "self.history = []",
       "a resumed run forgets the history of the epochs before its checkpoint",
       (RESUME_AT["no validation"], f"{SAFETY}::test_a_run_killed_after_its_last_checkpoint_is_completed_on_resume")),
     M("predict-ignores-standardisation", "softmax_lightning/predict.py",
@@ -437,6 +446,22 @@ def plural(n: int, word: str) -> str:
 
 def tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def check_tests_exist(selected: list[Mutation], full: bool) -> None:
+    """Every chosen test must exist (pytest collects it), or its mutants could only end as errors."""
+    tests = sorted({t for m in selected for t in m.tests})
+    if full or not tests:
+        return
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        missing = re.findall(r"ERROR: not found: (\S+)", res.stdout + res.stderr)
+        what = f"test {missing[0].removeprefix(str(ROOT) + '/')} not found" if missing else \
+            f"pytest cannot collect them (exit code {res.returncode}): {tail(res.stdout + res.stderr, 1)}"
+        users = [m.name for m in selected if missing and any(missing[0].endswith(t) for t in m.tests)]
+        raise ScriptError(f"the chosen tests of {', '.join(users) or 'the mutants'}: {what}; update scripts/mutate.py")
 
 
 def check_imports_the_copy(dest: Path) -> None:
@@ -567,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mutate-probe-") as tmp:
             copy_repository(ROOT, [f for f in files if f.startswith("softmax_lightning/")], Path(tmp))
             check_imports_the_copy(Path(tmp))
+        check_tests_exist(selected, args.full)
     except ScriptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
