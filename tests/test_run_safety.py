@@ -266,6 +266,7 @@ def test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder(tmp_path, fin
     (["--model.lr=1e308"], "lr must be a number > 0 and <= 1e+06"),  # (its first update would overflow float32)
     (["--model.init_std=1e30"], "init_std must be a number >= 0 and <= 1e+06"),
     (["--model.lr=1e6", "--model.softmax=naive"], "training diverged"),
+    (["--model.init_std=1e6"], "training diverged"),  # finite, but a mean loss about 1e7: beyond DIVERGED
 ])
 def test_arguments_that_cannot_train_are_one_line_and_leave_no_run_folder(tmp_path, data_dir, capsys, args, text):
     expect_error(capsys, train_args(tmp_path, *SHORT, *args), text)
