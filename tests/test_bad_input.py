@@ -83,12 +83,15 @@ def _corrupt(raw: Path, case: str) -> str:
     if case == "labels":
         write_idx(lbl, np.r_[rng.integers(0, 10, 63), 12])
         return lbl.name
+    if case == "label 10":  # the first label past the ten classes 0-9
+        write_idx(lbl, np.r_[rng.integers(0, 10, 63), 10])
+        return lbl.name
     raise ValueError(case)
 
 
 @pytest.mark.parametrize("case,text", [("truncated", "truncated"), ("magic", "magic number"),
                                        ("dims", "shape (27, 27)"), ("counts", "63 labels"),
-                                       ("labels", "label 12 at index 63")])
+                                       ("labels", "label 12 at index 63"), ("label 10", "label 10 at index 63")])
 def test_damaged_idx_files(capsys, tmp_path, no_system_data, case, text):
     d = tmp_path / "data"
     raw = write_fake_split(d / "FashionMNIST" / "raw")

@@ -3,8 +3,8 @@
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from softmax_lightning.data import (CLASSES_EN, CLASSES_ZH, EpochShuffle, FashionMNISTDataModule, InMemoryDataset,
-                                    as_batch, class_names)
+from softmax_lightning.data import (CLASSES_EN, CLASSES_ZH, EpochShuffle, EvalShard, FashionMNISTDataModule,
+                                    InMemoryDataset, ResumableLoader, as_batch, class_names)
 from softmax_lightning.fashion_mnist import load_split
 
 
@@ -93,3 +93,40 @@ def test_the_holdout_and_the_training_split_partition_the_training_file(data_dir
 
     assert len(dm.val_set) == 5000 and len(dm.train_set) == 55000
     assert fingerprints(torch.cat([dm.val_set.X, dm.train_set.X])) == fingerprints(images.float().div(255))
+
+
+def test_a_resumed_loader_skips_what_was_trained_and_keeps_counting():
+    """The training loader's checkpointed state: a loader resumed mid-epoch serves the rest of that epoch only, and
+    counts from where the checkpoint was, so a second checkpoint in the same epoch is right too; a checkpoint saved
+    at an epoch's end skips nothing of the next epoch."""
+    ds = InMemoryDataset(torch.zeros(100, 1), torch.arange(100))
+
+    def loader(state=None, epoch=0) -> ResumableLoader:
+        dl = ResumableLoader(ds, batch_size=10, sampler=EpochShuffle(ds, seed=0), collate_fn=as_batch)
+        dl.sampler.set_epoch(epoch)  # (Lightning's call at every epoch's start)
+        if state is not None:
+            dl.load_state_dict(state)
+        return dl
+
+    epoch0 = [y.tolist() for _, y in loader()]
+    first = loader()
+    batches = iter(first)
+    assert [next(batches)[1].tolist() for _ in range(3)] == epoch0[:3]
+    assert first.state_dict() == {"epoch": 0, "batches": 3}  # what a checkpoint saved now holds
+    resumed = loader(first.state_dict())
+    batches = iter(resumed)
+    assert [next(batches)[1].tolist() for _ in range(2)] == epoch0[3:5]  # the next ones, not the first ones again
+    assert resumed.state_dict() == {"epoch": 0, "batches": 5}  # a second checkpoint in the same epoch
+    assert [y.tolist() for _, y in batches] == epoch0[5:]
+    epoch1 = [y.tolist() for _, y in loader(epoch=1)]
+    assert [y.tolist() for _, y in loader({"epoch": 0, "batches": 10}, epoch=1)] == epoch1  # saved at epoch 0's end
+
+
+def test_evaluation_shards_cover_every_image_once_in_order():
+    """Under DDP, rank r of w evaluates one contiguous share: together, every image exactly once, in the files' order
+    (10,000 images on 3, 6 or 7 ranks leave a remainder)."""
+    ds = InMemoryDataset(torch.zeros(10000, 1), torch.arange(10000))
+    for world in (1, 2, 3, 6, 7):
+        shards = [list(EvalShard(ds, world, rank)) for rank in range(world)]
+        assert [i for shard in shards for i in shard] == list(range(10000)), world
+        assert [len(EvalShard(ds, world, rank)) for rank in range(world)] == [len(s) for s in shards]

@@ -208,6 +208,10 @@ def test_the_cosine_schedule_is_half_the_lr_at_its_midpoint_and_zero_at_its_end(
     assert steps.lrs[0] == 0.2 and math.isclose(steps.lrs[20], 0.1, rel_tol=1e-12)  # after 20 of 40 steps
     assert math.isclose(steps.lrs[10], 0.1 * (1 + math.cos(math.pi / 4)), rel_tol=1e-12)
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0
+    for i in (10, 20, 39):  # and the steps take the scheduled lr (0.17, 0.1, 0.0003), not the initial 0.2
+        W, b = _sgd_by_hand(*steps.before[i], *steps.batches[i], lr=steps.lrs[i])
+        torch.testing.assert_close(steps.after[i][0], W, rtol=0, atol=1e-7)
+        torch.testing.assert_close(steps.after[i][1], b, rtol=0, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------- devices

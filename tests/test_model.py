@@ -176,3 +176,45 @@ def test_the_model_does_not_know_the_data_module_and_callbacks_use_public_names(
     source = inspect.getsource(importlib.import_module(f"softmax_lightning.{name}"))
     for private in ("pl_module._", "trainer._", "datamodule._", ".splits", ".history"):
         assert private not in source.replace("self.history", ""), private
+
+
+def _one_hot_pixel_model(softmax: str, logit: float) -> SoftmaxRegression:
+    """A model whose logit for class 3 is ``logit`` on an image with pixel 0 lit, 0 for every other class."""
+    m = SoftmaxRegression(softmax=softmax)
+    with torch.no_grad():
+        m.W.zero_()
+        m.W[0, 3] = logit
+    return m
+
+
+def test_the_softmax_option_chooses_the_stable_path_or_the_chapters_cells():
+    """``softmax="stable"`` (the default) gives finite probabilities and losses at a logit of 1000, in ``forward``
+    and in the training loss; ``"naive"`` is the chapter's cells, which overflow there (exercises 1-2)."""
+    X = torch.zeros(2, 784)
+    X[:, 0] = 1.0  # logits: 1000 for class 3, 0 for the others
+    y = torch.tensor([3, 0])
+    stable, naive = _one_hot_pixel_model("stable", 1000.0), _one_hot_pixel_model("naive", 1000.0)
+    with torch.no_grad():
+        p, loss = stable(X), stable.loss(stable.logits(X), y)
+        assert torch.isfinite(p).all() and torch.equal(p[:, 3], torch.ones(2))
+        torch.testing.assert_close(loss, torch.tensor([0.0, 1000.0]))  # -log p(true): 0, and 1000 - 0
+        assert not torch.isfinite(naive(X)).all()  # exp(1000) = inf: inf / inf
+        assert not torch.isfinite(naive.loss(naive.logits(X), y)).all()
+
+
+def test_the_guard_stops_a_finite_loss_whose_gradient_is_not_finite():
+    """The chapter's naive path at p(true) = e^-100 (a float32 subnormal): the loss is a finite 102, its gradient is
+    nan (1 / p overflows). The step must not be applied: W stays as it was, and the message says why."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if torch.exp(torch.tensor(-100.0)) == 0:
+        pytest.skip("this CPU flushes subnormal floats to zero: the loss is inf there, not finite")
+    m = _one_hot_pixel_model("naive", -100.0)
+    X = torch.zeros(4, 784)
+    X[:, 0] = 1.0
+    W0 = m.W.detach().clone()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(model.NonFiniteLossError, match=r"the gradient is not finite \(the mean loss is still 102"):
+        trainer.fit(m, train_dataloaders=DataLoader(TensorDataset(X, torch.full((4,), 3)), batch_size=4))
+    assert torch.equal(m.W.detach(), W0)

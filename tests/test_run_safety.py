@@ -245,6 +245,11 @@ def _checkpoint_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]
     out["another model's"] = (tmp_path / "other", "not a SoftmaxRegression checkpoint")
     torch.save({"state_dict": {"W": torch.zeros(100, 3), "b": torch.zeros(3)}}, tmp_path / "shape")
     out["wrong shape"] = (tmp_path / "shape", "W of shape (100, 3)")
+    for part, value in (("W", float("nan")), ("b", float("inf"))):  # a diverged run's: validating it would print
+        ckpt = torch.load(good, weights_only=True)  # the accuracy of nan logits, and resuming it would train on
+        ckpt["state_dict"][part][0] = value
+        torch.save(ckpt, tmp_path / f"{part} {value}")
+        out[f"{part} {value}"] = (tmp_path / f"{part} {value}", "non-finite weights")
     return out
 
 
@@ -261,6 +266,7 @@ def test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder(tmp_path, fin
     (["--model.lr=1e308"], "lr must be a number > 0 and <= 1e+06"),  # (its first update would overflow float32)
     (["--model.init_std=1e30"], "init_std must be a number >= 0 and <= 1e+06"),
     (["--model.lr=1e6", "--model.softmax=naive"], "training diverged"),
+    (["--model.init_std=1e6"], "training diverged"),  # finite, but a mean loss about 1e7: beyond DIVERGED
 ])
 def test_arguments_that_cannot_train_are_one_line_and_leave_no_run_folder(tmp_path, data_dir, capsys, args, text):
     expect_error(capsys, train_args(tmp_path, *SHORT, *args), text)

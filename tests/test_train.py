@@ -152,6 +152,41 @@ def test_evaluating_a_run_reproduces_its_numbers_in_its_own_folder(tmp_path, sta
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["standardize"] is True  # the run's own: kept
 
 
+def test_a_checkpoint_outside_its_run_folder_brings_its_own_settings(tmp_path, standardized_run):
+    """A checkpoint copied away from its run folder has no config.yaml beside it: its own settings (standardised
+    inputs, the 1000-image holdout) still apply, so evaluating it gives the numbers the run recorded (the trainer's
+    settings are the user's: the run validated on 2 batches)."""
+    import shutil
+
+    ckpt = shutil.copy(Path(standardized_run["run_dir"]) / "checkpoints" / "last.ckpt", tmp_path / "model.ckpt")
+    for subcommand, key in (("test", "test_acc"), ("validate", "val_acc")):
+        args = train_args(tmp_path / "eval", f"--ckpt_path={ckpt}", "--trainer.limit_val_batches=2")
+        assert main([subcommand, *args]) == 0
+        results = json.loads((run_dirs(tmp_path / "eval")[-1] / "metrics.json").read_text())
+        assert abs(results[key] - standardized_run[key]) < 1e-6, subcommand
+
+
+def test_predict_py_standardises_its_inputs_as_the_run_did(tmp_path, standardized_run, capsys):
+    """predict.py on a run trained on standardised inputs applies the training split's statistics (saved in the
+    checkpoint): its logits are the model's on the standardised test images, and its predictions are right as
+    often as the run's test accuracy says."""
+    from softmax_lightning import predict
+    from softmax_lightning.data import FashionMNISTDataModule
+
+    ckpt = standardized_run["checkpoint"]
+    assert predict.main(["--ckpt_path", ckpt, "--n", "1000", "--json", "--out", str(tmp_path / "p.png")]) == 0
+    records = json.loads(capsys.readouterr().out)["predictions"]
+    dm = FashionMNISTDataModule(data_dir=str(ROOT / "data"), val_size=1000, standardize=True)
+    dm.setup()  # the run's data settings: the statistics of its training split, and the test split standardised
+    model, _ = predict.load_checkpoint(ckpt)
+    with torch.no_grad():
+        logits = model.logits(dm.test_set.X[:1000])
+    got = torch.tensor([list(r["logits"].values()) for r in records])
+    torch.testing.assert_close(got, logits, rtol=0, atol=1e-3)  # the JSON rounds to 4 decimals; raw pixels: off by ~10
+    right = sum(r["predicted"] == r["true"] for r in records) / len(records)
+    assert abs(right - standardized_run["test_acc"]) < 0.05 and right > 0.6
+
+
 def test_predict_subcommand_writes_into_the_runs_folder(tmp_path, standardized_run):
     run = Path(standardized_run["run_dir"])
     before = run_dirs(run.parent.parent)
