@@ -15,7 +15,7 @@ LINTED  := softmax_lightning scripts tests notebooks/softmax_regression.py
 SYNC    = $(UV) sync --locked --python $(PYTHON) --extra test
 
 .PHONY: train test lint setup data fonts benchmark exercises notebook notebook-outputs tensorboard test-latest \
-        test-oldest lock clean
+        test-oldest lock mutate fuzz clean
 
 train: setup data
 	$(PY) scripts/train.py $(ARGS)
@@ -28,6 +28,14 @@ test: setup data
 # ruff's findings (rules in pyproject.toml), then the files `ruff format` would change; fails if either finds any.
 lint: setup
 	.venv/bin/ruff check $(LINTED); found=$$?; .venv/bin/ruff format --check $(LINTED) && exit $$found
+
+# Break the code on purpose, one mutant at a time, and check that a test fails (docs/mutation.md; about 10 minutes).
+mutate: setup data
+	$(PY) scripts/mutate.py $(ARGS)
+
+# The Hypothesis fuzz of train.py's and predict.py's options, long: 1000 examples per test instead of make test's few.
+fuzz: setup data
+	FUZZ_EXAMPLES=$(or $(EXAMPLES),1000) $(PY) -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics $(PYTEST_ARGS)
 
 benchmark: setup data
 	$(PY) scripts/benchmark.py $(ARGS)
@@ -100,4 +108,4 @@ fonts:
 	fi
 
 clean:
-	rm -rf lightning_logs benchmark.json .venv-latest .venv-oldest
+	rm -rf lightning_logs benchmark.json mutation-report.json .venv-latest .venv-oldest

@@ -42,10 +42,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
 from softmax_lightning import figures
-from softmax_lightning.functional import accuracy, cross_entropy, cross_entropy_naive, evidence, softmax_naive
 from softmax_lightning.callbacks import ChapterFigures
 from softmax_lightning.confusions import ConfusionExamples, most_confused_pairs
 from softmax_lightning.data import FashionMNISTDataModule, class_names
+from softmax_lightning.functional import accuracy, cross_entropy, cross_entropy_naive, evidence, softmax_naive
 from softmax_lightning.model import SoftmaxRegression
 
 # The repository root, whether Jupyter started in notebooks/ or in the root: `data/` and `lightning_logs/` are the
@@ -69,8 +69,10 @@ data = FashionMNISTDataModule(data_dir=str(REPO / "data"), batch_size=batch_size
 data.prepare_data()  # finds the four IDX files; downloads only if no local copy exists
 data.setup()
 train_iter, test_iter = data.train_dataloader(), data.test_dataloader()
-print(f"train: {len(data.train_set)} images, test: {len(data.test_set)}; "
-      f"{len(train_iter)} minibatches of {batch_size} per epoch; one image: {tuple(data.test_set.X.shape[1:])}")
+print(
+    f"train: {len(data.train_set)} images, test: {len(data.test_set)}; "
+    f"{len(train_iter)} minibatches of {batch_size} per epoch; one image: {tuple(data.test_set.X.shape[1:])}"
+)
 for label, (en, zh) in enumerate(zip(class_names("en"), class_names("zh"))):
     print(label, zh, en)
 
@@ -151,6 +153,7 @@ float(accuracy(y_hat, y) / len(y))
 # The chapter's `evaluate_accuracy(net, data_iter)` and its `Accumulator`, in plain PyTorch: the number of right
 # predictions and the number of predictions, summed over the minibatches.
 
+
 # %%
 class Accumulator:
     """Sums over n variables (the chapter's cell)."""
@@ -206,8 +209,11 @@ with figures.new_figure((6.4, 2.4)) as (fig, names):
     ax.axhline(1000, color="0.4", ls="--", lw=1)  # each class has 1000 test images
     ax.set_xticks(range(10), names, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="test images")
-    ax.set_title("what the untrained model (seed 0) predicts for the 10000 test images\n(dashed: 1000, the images "
-                 "of each class)", fontsize=9)
+    ax.set_title(
+        "what the untrained model (seed 0) predicts for the 10000 test images\n(dashed: 1000, the images "
+        "of each class)",
+        fontsize=9,
+    )
     fig.subplots_adjust(bottom=0.3, top=0.84, left=0.11, right=0.98)
 display(Image(figures.save_png(fig)))
 
@@ -221,8 +227,10 @@ for seed in range(6):
     W0 = torch.normal(0, 0.01, size=(784, 10))  # the chapter's draw; b = 0
     preds0 = (data.test_set.X.reshape(-1, 784) @ W0).argmax(1)
     top2 = torch.bincount(preds0, minlength=10).topk(2).values.sum().item()
-    print(f"seed {seed}: accuracy {(preds0 == data.test_set.y).float().mean():.4f}, "
-          f"the two most predicted classes take {top2 / 100:.0f}% of the predictions")
+    print(
+        f"seed {seed}: accuracy {(preds0 == data.test_set.y).float().mean():.4f}, "
+        f"the two most predicted classes take {top2 / 100:.0f}% of the predictions"
+    )
 
 # %% [markdown]
 # ## 7. 训练 · Training
@@ -315,6 +323,7 @@ print(inspect.getsource(SoftmaxRegression.training_step))
 # `--data.val_size 5000` for `scripts/train.py`, holds out 5000 training images for validation instead; the test
 # split is then touched only by `trainer.test`.)
 
+
 # %%
 class EpochBar(TQDMProgressBar):
     """Lightning's progress bar, one line per epoch in a notebook: no nested validation bar (a terminal draws it with
@@ -341,8 +350,10 @@ trainer.fit(net, datamodule=data)
 # %% tags=["test_accuracy"]
 test_acc = trainer.test(net, datamodule=data, verbose=False)[0]["test_acc"]
 print(f"test_acc = {test_acc:.4f}")
-print(f"run folder: {Path(trainer.log_dir).relative_to(ROOT_DIR)} (open it in TensorBoard: "
-      f"tensorboard --logdir lightning_logs)")
+print(
+    f"run folder: {Path(trainer.log_dir).relative_to(ROOT_DIR)} (open it in TensorBoard: "
+    f"tensorboard --logdir lightning_logs)"
+)
 
 # %% [markdown]
 # The two trainings side by side, epoch by epoch (Lightning's numbers from `ChapterFigures.history`), and the
@@ -351,11 +362,16 @@ print(f"run folder: {Path(trainer.log_dir).relative_to(ROOT_DIR)} (open it in Te
 # %% tags=["loops_agree"]
 print(f"{'epoch':>5}  {'train loss':>21}  {'train acc':>17}  {'test acc':>17}   (plain loop | Lightning)")
 for (loss_p, acc_p, test_p), row in zip(plain_history, chapter_figures.history):
-    print(f"{row['epoch']:>5}  {loss_p:.6f} | {row['train_loss']:.6f}  {acc_p:.5f} | {row['train_acc']:.5f}  "
-          f"{test_p:.5f} | {row['val_acc']:.5f}")
-gaps = {"W": (W - net.W).abs().max().item(), "b": (b - net.b).abs().max().item(),
-        "train loss": max(abs(p[0] - r["train_loss"]) for p, r in zip(plain_history, chapter_figures.history)),
-        "test acc": max(abs(p[2] - r["val_acc"]) for p, r in zip(plain_history, chapter_figures.history))}
+    print(
+        f"{row['epoch']:>5}  {loss_p:.6f} | {row['train_loss']:.6f}  {acc_p:.5f} | {row['train_acc']:.5f}  "
+        f"{test_p:.5f} | {row['val_acc']:.5f}"
+    )
+gaps = {
+    "W": (W - net.W).abs().max().item(),
+    "b": (b - net.b).abs().max().item(),
+    "train loss": max(abs(p[0] - r["train_loss"]) for p, r in zip(plain_history, chapter_figures.history)),
+    "test acc": max(abs(p[2] - r["val_acc"]) for p, r in zip(plain_history, chapter_figures.history)),
+}
 print("largest differences: " + ", ".join(f"{k} {v:.2g}" for k, v in gaps.items()))
 
 # %% [markdown]
@@ -388,8 +404,14 @@ right, wrong = int(hits.nonzero()[0]), int((~hits).nonzero()[0])  # the first of
 Xe = data.test_set.X[[right, wrong]]  # (2, 1, 28, 28)
 with torch.no_grad():
     logits = net.logits(Xe)
-fig = figures.plot_explain(Xe, logits, evidence(Xe, net.W.detach()), labels="en", trues=data.test_set.y[[right, wrong]],
-                           captions=[f"test image #{right}", f"test image #{wrong}"])
+fig = figures.plot_explain(
+    Xe,
+    logits,
+    evidence(Xe, net.W.detach()),
+    labels="en",
+    trues=data.test_set.y[[right, wrong]],
+    captions=[f"test image #{right}", f"test image #{wrong}"],
+)
 display(Image(figures.save_png(fig)))
 
 # %% [markdown]

@@ -37,12 +37,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from softmax_lightning import functional as F
 from softmax_lightning.cli import make_cli, quiet_lightning, run_recipe  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule
-from softmax_lightning.fashion_mnist import find_raw_files
 from softmax_lightning.errors import UserError, one_line
+from softmax_lightning.fashion_mnist import find_raw_files
 from softmax_lightning.io import check_path, exit_quietly_on_broken_pipe, write_json
 from softmax_lightning.options import check_options
-from softmax_lightning.runs import RunFolder
 from softmax_lightning.profiling import PeakRSS
+from softmax_lightning.runs import RunFolder
 
 
 class EpochTimer(L.Callback):
@@ -66,19 +66,31 @@ class EpochTimer(L.Callback):
 def bench_project(epochs: int, data_dir: str, root_dir: str, *args: str) -> dict:
     """The Trainer path, configured by the same CLI as ``scripts/train.py`` (``args``: more CLI options)."""
     t0, timer = time.perf_counter(), EpochTimer()
-    cli = make_cli([*args, f"--trainer.max_epochs={epochs}", f"--data.data_dir={data_dir}",
-                    f"--trainer.default_root_dir={root_dir}"])  # (the benchmark's own settings last: they win)
+    cli = make_cli(
+        [
+            *args,
+            f"--trainer.max_epochs={epochs}",
+            f"--data.data_dir={data_dir}",
+            f"--trainer.default_root_dir={root_dir}",
+        ]
+    )  # (the benchmark's own settings last: they win)
     cli.trainer.callbacks.insert(0, timer)
     try:
         metrics = run_recipe(cli)
     finally:
         cli.run_folder.release(failed=False)
-    return {"epoch_s": timer.epochs, "total_s": time.perf_counter() - t0, "test_acc": metrics["test_acc"],
-            "train_loss": metrics["train_loss"], "train_acc": metrics["train_acc"]}
+    return {
+        "epoch_s": timer.epochs,
+        "total_s": time.perf_counter() - t0,
+        "test_acc": metrics["test_acc"],
+        "train_loss": metrics["train_loss"],
+        "train_acc": metrics["train_acc"],
+    }
 
 
-def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1,
-                device: str = "cpu") -> dict:
+def bench_floor(
+    epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256, lr: float = 0.1, device: str = "cpu"
+) -> dict:
     """A plain loop with the project's math and data: the same init, softmax, cross-entropy (autograd), SGD update,
     shuffle order (``randperm`` seeded with ``seed + epoch``) and one ``index_select`` per minibatch; the chapter's
     Accumulator for train loss and accuracy; the test split evaluated every epoch in batches of ``batch_size``."""
@@ -105,13 +117,19 @@ def bench_floor(epochs: int, data_dir: str, seed: int = 0, batch_size: int = 256
                     p.grad.zero_()
             loss_sum, correct, n = loss_sum + float(l.sum()), correct + float(F.accuracy(logits, y)), n + len(y)
         with torch.no_grad():
-            test_correct = sum(float(F.accuracy(Xte[i : i + batch_size].reshape(-1, 784) @ W + b, yte[i : i +
-                                                                                                   batch_size]))
-                               for i in range(0, len(yte), batch_size))
+            test_correct = sum(
+                float(F.accuracy(Xte[i : i + batch_size].reshape(-1, 784) @ W + b, yte[i : i + batch_size]))
+                for i in range(0, len(yte), batch_size)
+            )
         acc = test_correct / len(yte)
         times.append(time.perf_counter() - start)
-    return {"epoch_s": times, "total_s": time.perf_counter() - t0, "test_acc": acc,
-            "train_loss": loss_sum / n, "train_acc": correct / n}
+    return {
+        "epoch_s": times,
+        "total_s": time.perf_counter() - t0,
+        "test_acc": acc,
+        "train_loss": loss_sum / n,
+        "train_acc": correct / n,
+    }
 
 
 def bench_d2l(epochs: int, data_dir: str, batch_size: int = 256, lr: float = 0.1) -> dict:
@@ -159,21 +177,31 @@ def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
     """Run floor and project alternately ``args.rounds`` times (pooling their epochs), then d2l; time each."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as root_dir:
-        accel = ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        accel = (
+            ["--trainer.accelerator=cpu"]
+            if args.device == "cpu"
+            else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        )
         accel += project_args(args.project_args)
-        schedule = [("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
-                    ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel))] * args.rounds
+        schedule = [
+            ("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
+            ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel)),
+        ] * args.rounds
         if not args.skip_d2l and args.device == "cpu":
             schedule.append(("d2l", lambda: bench_d2l(d2l_epochs, args.data_dir)))
         for name, fn in schedule:
             with PeakRSS() as rss:
                 r = fn()
-            print(f"{name}: {statistics.median(r['epoch_s']):.3f} s/epoch, test acc {r['test_acc']:.4f}",
-                  file=sys.stderr)
+            print(
+                f"{name}: {statistics.median(r['epoch_s']):.3f} s/epoch, test acc {r['test_acc']:.4f}", file=sys.stderr
+            )
             if name in results:  # a later round: pool the epochs, keep the worst peak and the mean total
                 prev = results[name]
-                r.update(epoch_s=prev["epoch_s"] + r["epoch_s"], total_s=(prev["total_s"] + r["total_s"]) / 2,
-                         peak_rss_mb=max(prev["peak_rss_mb"], rss.peak_mb))
+                r.update(
+                    epoch_s=prev["epoch_s"] + r["epoch_s"],
+                    total_s=(prev["total_s"] + r["total_s"]) / 2,
+                    peak_rss_mb=max(prev["peak_rss_mb"], rss.peak_mb),
+                )
             else:
                 r["peak_rss_mb"] = rss.peak_mb
             r["median_epoch_s"] = statistics.median(r["epoch_s"])
@@ -182,8 +210,11 @@ def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
 
 
 MAX_EPOCHS, MAX_ROUNDS = 1000, 100  # each epoch takes seconds per trainer: beyond these, a typo
-OWN = {"--trainer.max_epochs": "--epochs", "--data.data_dir": "--data.data_dir",
-       "--trainer.default_root_dir": "nothing (the runs go to a temporary folder)"}  # what the benchmark sets itself
+OWN = {
+    "--trainer.max_epochs": "--epochs",
+    "--data.data_dir": "--data.data_dir",
+    "--trainer.default_root_dir": "nothing (the runs go to a temporary folder)",
+}  # what the benchmark sets itself
 
 
 def project_args(text: str) -> list[str]:
@@ -201,39 +232,54 @@ def check_project_args(tokens: list[str], args: argparse.Namespace) -> None:
     for token in tokens:
         name = token.split("=", 1)[0]
         if name in OWN:
-            raise UserError(f"--project-args may not set {name}: the benchmark sets it for all three loops; use "
-                            f"{OWN[name]}")
+            raise UserError(
+                f"--project-args may not set {name}: the benchmark sets it for all three loops; use {OWN[name]}"
+            )
         if name in ("fit", "validate", "test", "predict", "--ckpt_path"):
             raise UserError(f"--project-args takes scripts/train.py's options for a fresh fit, not {name!r}; drop it")
         if name in ("-h", "--help", "--print_config") or name.endswith(".help"):
             raise UserError(f"--project-args holds {name}, an option that prints and stops; drop it")
-    accel = ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+    accel = (
+        ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+    )
     run_folder = RunFolder()
     with tempfile.TemporaryDirectory() as root_dir, contextlib.redirect_stdout(sys.stderr), quiet_lightning():
         try:
-            make_cli([*check_options([*accel, *tokens]), f"--trainer.max_epochs={args.epochs}",
-                      f"--data.data_dir={args.data_dir}", f"--trainer.default_root_dir={root_dir}"], run_folder)
+            make_cli(
+                [
+                    *check_options([*accel, *tokens]),
+                    f"--trainer.max_epochs={args.epochs}",
+                    f"--data.data_dir={args.data_dir}",
+                    f"--trainer.default_root_dir={root_dir}",
+                ],
+                run_folder,
+            )
         except (ArgumentError, MisconfigurationException, ValueError, TypeError) as e:
             raise UserError(f"--project-args: {one_line(e)}") from None
         except SystemExit:  # --help or --print_config: they print and stop
-            raise UserError("--project-args holds an option that prints and stops (--help, --print_config); "
-                            "drop it") from None
+            raise UserError(
+                "--project-args holds an option that prints and stops (--help, --print_config); drop it"
+            ) from None
         finally:
             run_folder.release(failed=True)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option, before anything is loaded or timed."""
-    for flag, value, most in (("--epochs", args.epochs, MAX_EPOCHS), ("--rounds", args.rounds, MAX_ROUNDS),
-                              ("--d2l-epochs", args.d2l_epochs, MAX_EPOCHS)):
+    for flag, value, most in (
+        ("--epochs", args.epochs, MAX_EPOCHS),
+        ("--rounds", args.rounds, MAX_ROUNDS),
+        ("--d2l-epochs", args.d2l_epochs, MAX_EPOCHS),
+    ):
         if value is not None and not 1 <= value <= most:
             raise UserError(f"{flag} must be >= 1 and <= {most}, got {value}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but torch sees no CUDA GPU here; run without --device (CPU)")
     out = check_path(args.out, "--out", "JSON file path")
     if out.is_dir() or (os.path.lexists(out) and not out.is_file()):
-        raise UserError(f"cannot write {args.out}: it is a folder, device or FIFO, not a regular file; pass --out with "
-                        f"a file path")
+        raise UserError(
+            f"cannot write {args.out}: it is a folder, device or FIFO, not a regular file; pass --out with a file path"
+        )
     out_dir = out.resolve().parent
     if not (out_dir.is_dir() and os.access(out_dir, os.W_OK)):
         raise UserError(f"cannot write {args.out}: {out_dir} is not a writable folder; pass --out with another path")
@@ -257,22 +303,39 @@ def main(argv: list[str] | None = None) -> int:
     own lines and the file written go to stderr."""
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10, help=f"epochs per run, 1..{MAX_EPOCHS}")
-    parser.add_argument("--d2l-epochs", type=int, default=None,
-                        help=f"epochs for the d2l loop, 1..{MAX_EPOCHS} (default: --epochs)")
+    parser.add_argument(
+        "--d2l-epochs", type=int, default=None, help=f"epochs for the d2l loop, 1..{MAX_EPOCHS} (default: --epochs)"
+    )
     parser.add_argument("--skip-d2l", action="store_true")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help=f"1..{MAX_ROUNDS}: run floor and project alternately this many times and pool their "
-                             f"epochs: this machine's speed drifts by +-15%% over tens of seconds, and alternating "
-                             f"spreads the drift over both")
-    parser.add_argument("--data.data_dir", "--data-dir", dest="data_dir", default="data",
-                        help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help=f"1..{MAX_ROUNDS}: run floor and project alternately this many times and pool their "
+        f"epochs: this machine's speed drifts by +-15%% over tens of seconds, and alternating "
+        f"spreads the drift over both",
+    )
+    parser.add_argument(
+        "--data.data_dir",
+        "--data-dir",
+        dest="data_dir",
+        default="data",
+        help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir)",
+    )
     parser.add_argument("--out", default="benchmark.json")
-    parser.add_argument("--project-args", default="",
-                        help="more scripts/train.py options for the project's runs, e.g. \"--trainer.logger false "
-                             "--trainer.enable_checkpointing false --trainer.enable_progress_bar false\" to time the "
-                             "module and data module in a bare Trainer")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped")
+    parser.add_argument(
+        "--project-args",
+        default="",
+        help="more scripts/train.py options for the project's runs, e.g. \"--trainer.logger false "
+        '--trainer.enable_checkpointing false --trainer.enable_progress_bar false" to time the '
+        "module and data module in a bare Trainer",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cuda: floor and project on the GPU (project: --trainer.accelerator gpu); d2l is skipped",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0), or a usage error (2) that argparse has printed
@@ -285,11 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(f"{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}   "
-          f"(s/epoch: median over all epochs; total: per run)")
+    print(
+        f"{'':8} {'s/epoch':>8} {'total s':>8} {'epochs':>6} {'peak RSS MB':>11} {'test acc':>8}   "
+        f"(s/epoch: median over all epochs; total: per run)"
+    )
     for name, r in results.items():
-        print(f"{name:8} {r['median_epoch_s']:8.3f} {r['total_s']:8.2f} {len(r['epoch_s']):6d} "
-              f"{r['peak_rss_mb']:11.0f} {r['test_acc']:8.4f}")
+        print(
+            f"{name:8} {r['median_epoch_s']:8.3f} {r['total_s']:8.2f} {len(r['epoch_s']):6d} "
+            f"{r['peak_rss_mb']:11.0f} {r['test_acc']:8.4f}"
+        )
     ratios = {"project/floor": results["project"]["median_epoch_s"] / results["floor"]["median_epoch_s"]}
     if "d2l" in results:
         ratios["d2l/project"] = results["d2l"]["median_epoch_s"] / results["project"]["median_epoch_s"]
@@ -298,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     spread = max(compared.values()) - min(compared.values())
     agree = spread <= 0.01
     if not agree:
-        print(f"\n!!! TEST ACCURACIES DISAGREE by {spread:.4f} (> 0.01): the three loops do not compute the same "
-              f"thing !!!", file=sys.stderr)
+        print(
+            f"\n!!! TEST ACCURACIES DISAGREE by {spread:.4f} (> 0.01): the three loops do not compute the same "
+            f"thing !!!",
+            file=sys.stderr,
+        )
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if args.device == "cuda":
         machine += f", GPU {torch.cuda.get_device_name()}"

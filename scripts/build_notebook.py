@@ -27,8 +27,9 @@ TARGET = SOURCE.with_suffix(".ipynb")
 CELL_TIMEOUT = 600  # seconds per cell
 
 
-def execute(source: Path = SOURCE, root_dir: str | Path | None = None,
-            client_class: type[NotebookClient] = NotebookClient) -> tuple[NotebookNode, NotebookClient]:
+def execute(
+    source: Path = SOURCE, root_dir: str | Path | None = None, client_class: type[NotebookClient] = NotebookClient
+) -> tuple[NotebookNode, NotebookClient]:
     """Run ``source`` top to bottom in a fresh ``python3`` kernel; return the executed notebook and its client.
 
     Args:
@@ -38,8 +39,14 @@ def execute(source: Path = SOURCE, root_dir: str | Path | None = None,
         client_class: a ``NotebookClient`` subclass, e.g. one that records the kernel's messages.
     """
     nb = jupytext.read(source)
-    client = client_class(nb, kernel_name="python3", timeout=CELL_TIMEOUT, coalesce_streams=True,
-                          record_timing=False, resources={"metadata": {"path": str(source.parent)}})
+    client = client_class(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT,
+        coalesce_streams=True,
+        record_timing=False,
+        resources={"metadata": {"path": str(source.parent)}},
+    )
     env = dict(os.environ)
     if root_dir is not None:
         env["SOFTMAX_LIGHTNING_ROOT_DIR"] = str(root_dir)

@@ -51,8 +51,9 @@ def _add_png(tb, tag: str, png: bytes, step: int) -> None:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     header = Image.open(io.BytesIO(png))  # reads the size and mode only
-    image = Summary.Image(height=header.height, width=header.width, colorspace=len(header.getbands()),
-                          encoded_image_string=png)
+    image = Summary.Image(
+        height=header.height, width=header.width, colorspace=len(header.getbands()), encoded_image_string=png
+    )
     _add_summary(tb, Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
@@ -136,8 +137,11 @@ class EpochHistory(L.Callback):
 
     def history_state(self) -> dict[str, Any]:
         """The history and the epoch in progress, for a checkpoint."""
-        return {"history": list(self.history), "pending": dict(self._pending),
-                "seconds_so_far": time.perf_counter() - self._start}
+        return {
+            "history": list(self.history),
+            "pending": dict(self._pending),
+            "seconds_so_far": time.perf_counter() - self._start,
+        }
 
     def load_history_state(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
@@ -211,8 +215,12 @@ class ChapterFigures(EpochHistory):
         epoch in progress, the prediction grid's images and the last confusion matrix."""
         if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
             self._complete_row(self._trainer)
-        return {**self.history_state(), "sample": self.sample, "confusion": self.confusion,
-                "mistakes": self.mistakes.state_dict()}
+        return {
+            **self.history_state(),
+            "sample": self.sample,
+            "confusion": self.confusion,
+            "mistakes": self.mistakes.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_history_state(state_dict)
@@ -268,9 +276,11 @@ class ChapterFigures(EpochHistory):
         X, y = self.sample
         with torch.no_grad():
             preds = pl_module(X.to(pl_module.device, pl_module.dtype)).argmax(1).cpu()
-        for tag, image in (("templates", figures.templates_image(pl_module.W)),
-                           ("predictions", figures.predictions_image(X.reshape(-1, 28, 28), y, preds)),
-                           ("confusion", figures.confusion_image(self.confusion))):
+        for tag, image in (
+            ("templates", figures.templates_image(pl_module.W)),
+            ("predictions", figures.predictions_image(X.reshape(-1, 28, 28), y, preds)),
+            ("confusion", figures.confusion_image(self.confusion)),
+        ):
             _add_png(tb, tag, _png(image), step)
 
     # ------------------------------------------------------------------ end of fitting
@@ -292,8 +302,13 @@ class ChapterFigures(EpochHistory):
             figs["predictions"] = figures.plot_predictions(X, y, preds.cpu(), self.labels, conf.float().cpu())
         if self.confusion is not None:
             figs["confusion"] = figures.plot_confusion(self.confusion, self.labels)
-            figs["confusions"] = figures.plot_confusions(pl_module.W, most_confused_pairs(self.confusion),
-                                                         self.mistakes.examples, self.labels, matrix=self.confusion)
+            figs["confusions"] = figures.plot_confusions(
+                pl_module.W,
+                most_confused_pairs(self.confusion),
+                self.mistakes.examples,
+                self.labels,
+                matrix=self.confusion,
+            )
         tb = _tensorboard(trainer)
         for name, fig in figs.items():
             png = figures.save_png(fig, self._run / f"{name}.png")

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from softmax_lightning.io import check_regular_file
 from softmax_lightning.errors import UserError, one_line
-from softmax_lightning.io import atomic_write_bytes, write_error
+from softmax_lightning.io import atomic_write_bytes, check_regular_file, write_error
 
 LOGS = "lightning_logs"  # Lightning's run layout: <root>/lightning_logs/version_N/checkpoints/last.ckpt
 
@@ -41,8 +40,10 @@ def newest_checkpoint(root: str | Path, flag: str = "--ckpt_path") -> Path:
     runs = [(n, p / "checkpoints" / "last.ckpt") for n, p in run_versions(root).items()]
     runs = [(n, ckpt) for n, ckpt in runs if ckpt.is_file()]
     if not runs:
-        raise UserError(f"no checkpoint found: no {Path(root) / LOGS}/version_*/checkpoints/last.ckpt; train one "
-                        f"with `python scripts/train.py` first, or pass {flag} PATH")
+        raise UserError(
+            f"no checkpoint found: no {Path(root) / LOGS}/version_*/checkpoints/last.ckpt; train one "
+            f"with `python scripts/train.py` first, or pass {flag} PATH"
+        )
     return max(runs)[1]
 
 
@@ -68,21 +69,29 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict[str, An
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged, truncated, or refused by the safe unpickler
         reason = one_line(e, 120)
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {reason}); it is damaged, "
-                        f"not a checkpoint, or holds more than weights; pass {flag} with a .ckpt written by "
-                        f"scripts/train.py") from None
+        raise UserError(
+            f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {reason}); it is damaged, "
+            f"not a checkpoint, or holds more than weights; pass {flag} with a .ckpt written by "
+            f"scripts/train.py"
+        ) from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     W, b = (state.get("W"), state.get("b")) if isinstance(state, dict) else (None, None)
     if not (isinstance(W, torch.Tensor) and isinstance(b, torch.Tensor)):
-        raise UserError(f"checkpoint {path} is not a SoftmaxRegression checkpoint (no W and b); pass {flag} with a "
-                        f".ckpt written by scripts/train.py")
+        raise UserError(
+            f"checkpoint {path} is not a SoftmaxRegression checkpoint (no W and b); pass {flag} with a "
+            f".ckpt written by scripts/train.py"
+        )
     if W.ndim != 2 or b.shape != (W.shape[1],):
-        raise UserError(f"checkpoint {path} holds W of shape {tuple(W.shape)} and b of shape {tuple(b.shape)}, "
-                        f"which do not fit together; pass {flag} with a .ckpt written by scripts/train.py")
+        raise UserError(
+            f"checkpoint {path} holds W of shape {tuple(W.shape)} and b of shape {tuple(b.shape)}, "
+            f"which do not fit together; pass {flag} with a .ckpt written by scripts/train.py"
+        )
     if not (torch.isfinite(W).all() and torch.isfinite(b).all()):
-        raise UserError(f"checkpoint {path} holds non-finite weights (nan or inf): its training diverged; pass "
-                        f"{flag} with an earlier checkpoint, or train again with `python scripts/train.py --model.lr "
-                        f"SMALLER`")
+        raise UserError(
+            f"checkpoint {path} holds non-finite weights (nan or inf): its training diverged; pass "
+            f"{flag} with an earlier checkpoint, or train again with `python scripts/train.py --model.lr "
+            f"SMALLER`"
+        )
     return ckpt
 
 
@@ -115,4 +124,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as e:
             raise write_error(path, e) from None
         atomic_write_bytes(path, buf.getvalue())
-

@@ -55,10 +55,12 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_model_summary": False,
 }
 PROGRESS_REFRESH = 50  # batches between progress-bar redraws (~5 per epoch): each costs ~2 ms, a step ~2 ms
-RECIPE_HELP = ("The chapter's recipe: fit (10 epochs, batch 256, lr 0.1), then the test split, metrics.json and a "
-               "summary, in lightning_logs/version_N. The options below are those of LightningCLI's fit. "
-               "LightningCLI's own subcommands work too: scripts/train.py {fit,validate,test,predict} --help. "
-               "Every option's range: docs/options.md.")
+RECIPE_HELP = (
+    "The chapter's recipe: fit (10 epochs, batch 256, lr 0.1), then the test split, metrics.json and a "
+    "summary, in lightning_logs/version_N. The options below are those of LightningCLI's fit. "
+    "LightningCLI's own subcommands work too: scripts/train.py {fit,validate,test,predict} --help. "
+    "Every option's range: docs/options.md."
+)
 
 
 class RunConfig(SaveConfigCallback):
@@ -89,8 +91,7 @@ class TrainCLI(LightningCLI):
         parser.link_arguments("data.val_size", "figures.val_name", compute_fn=lambda n: "val" if n else "test")
         # the model's sizes are the data's: not options, so they can never disagree (or be huge)
         parser.link_arguments("data", "model.num_inputs", compute_fn=lambda dm: dm.pixels, apply_on="instantiate")
-        parser.link_arguments("data", "model.num_outputs", compute_fn=lambda dm: dm.num_classes,
-                              apply_on="instantiate")
+        parser.link_arguments("data", "model.num_outputs", compute_fn=lambda dm: dm.num_classes, apply_on="instantiate")
 
     @property
     def fn(self) -> str:
@@ -105,8 +106,10 @@ class TrainCLI(LightningCLI):
         """Checks that need no objects yet (the Trainer's limits), and the checkpoint to start from."""
         cfg = self._cfg()
         if cfg.get("weights_only") is False:
-            raise UserError("--weights_only false would let a checkpoint run code while it loads; this project "
-                            "loads checkpoints with weights_only=True only: drop the option")
+            raise UserError(
+                "--weights_only false would let a checkpoint run code while it loads; this project "
+                "loads checkpoints with weights_only=True only: drop the option"
+            )
         if "weights_only" in cfg:
             cfg.weights_only = True
         check_trainer(cfg.trainer)
@@ -131,8 +134,10 @@ class TrainCLI(LightningCLI):
         resume.apply(cfg, typed)
         L.seed_everything(cfg.seed_everything, verbose=False)  # (DDP's sampler reads it)
         if tuple(resume.checkpoint["state_dict"]["W"].shape) != (FashionMNISTDataModule.pixels, 10):
-            raise UserError(f"checkpoint {path} holds W of shape {tuple(resume.checkpoint['state_dict']['W'].shape)}, "
-                            f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model")
+            raise UserError(
+                f"checkpoint {path} holds W of shape {tuple(resume.checkpoint['state_dict']['W'].shape)}, "
+                f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model"
+            )
         if self.fn != "fit":  # evaluating restores the weights; the checkpoint's own callbacks are not needed
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
         else:  # resuming continues in the run's own folder, whose checkpoints are expected there
@@ -148,12 +153,18 @@ class TrainCLI(LightningCLI):
         tcfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         callbacks = list(tcfg.get("callbacks") or [])
         fitting = self.fn == "fit"
-        if fitting and tcfg.get("enable_checkpointing") is not False and not any(isinstance(c, Checkpoint)
-                                                                                 for c in callbacks):
+        if (
+            fitting
+            and tcfg.get("enable_checkpointing") is not False
+            and not any(isinstance(c, Checkpoint) for c in callbacks)
+        ):
             # at every epoch's end (also when validation is sparser), the newest epoch=N.ckpt and last.ckpt, always
             # overwritten in place (no last-v1.ckpt)
-            callbacks.append(ModelCheckpoint(filename="{epoch}", save_last=True, enable_version_counter=False,
-                                             save_on_train_epoch_end=True))
+            callbacks.append(
+                ModelCheckpoint(
+                    filename="{epoch}", save_last=True, enable_version_counter=False, save_on_train_epoch_end=True
+                )
+            )
         if not fitting and tcfg.get("enable_checkpointing") is None:
             kwargs["enable_checkpointing"] = False  # evaluating writes no checkpoints
         if tcfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -177,8 +188,13 @@ class TrainCLI(LightningCLI):
             return TensorBoardLogger(save_dir=root, name=LOGS, version=version, default_hp_metric=False)
         if self.fn == "fit":
             self.run_folder.use(run)
-        return TensorBoardLogger(save_dir=run.parent.parent, name=run.parent.name, version=run.name,
-                                 sub_dir=None if self.fn == "fit" else self.fn, default_hp_metric=False)
+        return TensorBoardLogger(
+            save_dir=run.parent.parent,
+            name=run.parent.name,
+            version=run.name,
+            sub_dir=None if self.fn == "fit" else self.fn,
+            default_hp_metric=False,
+        )
 
     def after_fit(self) -> None:
         if self.recipe:
@@ -194,18 +210,28 @@ class TrainCLI(LightningCLI):
         recipe.keep_results(self.trainer, "predict")
 
 
-def make_cli(args: list[str] | None = None, run_folder: RunFolder | None = None, recipe: bool = True,
-             run: bool = False) -> TrainCLI:
+def make_cli(
+    args: list[str] | None = None, run_folder: RunFolder | None = None, recipe: bool = True, run: bool = False
+) -> TrainCLI:
     """Parse ``args`` and build model, data module and Trainer as ``scripts/train.py`` does. With ``run``, ``args``
     start with a subcommand, which is run (``fit`` with ``recipe`` also tests and writes ``metrics.json``); without,
     nothing is fitted yet (``args`` are ``fit``'s options: call ``run_recipe``)."""
     strict = {"exit_on_error": False, "default_config_files": []}
     fit = {**strict, "description": RECIPE_HELP if recipe else None}
-    return TrainCLI(SoftmaxRegression, FashionMNISTDataModule, recipe=recipe, run_folder=run_folder or RunFolder(),
-                    run=run, args=list(args or []), trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
-                    auto_configure_optimizers=False,  # the hand-written SGD is the model's own
-                    save_config_callback=RunConfig, save_config_kwargs={"overwrite": True},
-                    parser_kwargs={**strict, **{s: dict(strict) for s in SUBCOMMANDS}, "fit": fit})
+    return TrainCLI(
+        SoftmaxRegression,
+        FashionMNISTDataModule,
+        recipe=recipe,
+        run_folder=run_folder or RunFolder(),
+        run=run,
+        args=list(args or []),
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,  # the hand-written SGD is the model's own
+        save_config_callback=RunConfig,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={**strict, **{s: dict(strict) for s in SUBCOMMANDS}, "fit": fit},
+    )
 
 
 def run_recipe(cli: TrainCLI) -> dict[str, Any]:
@@ -224,11 +250,16 @@ def quiet_lightning():
     ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and four warnings: a torch
     deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
     the seed's bounds (the data module refuses such a seed in one line), and torchmetrics' about restored sums."""
+
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
 
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-             "lightning.fabric.utilities.seed", "lightning.pytorch.trainer.connectors.signal_connector")
+    names = (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+        "lightning.pytorch.trainer.connectors.signal_connector",
+    )
     loggers = [logging.getLogger(n) for n in names]
     for lg in loggers:
         lg.addFilter(no_noise)
@@ -263,7 +294,8 @@ def _resume_hint(run_folder: RunFolder, subcommand: str | None) -> str:
         return "before the first checkpoint; nothing to resume: run the same command again"
     ckpt = recipe.here(run_folder.path / "checkpoints" / "last.ckpt")
     sub = [subcommand] if subcommand else []
-    return f"{ckpt} holds the last checkpoint. Resume with: {recipe.command('scripts/train.py', *sub, '--ckpt_path', ckpt)}"
+    resume = recipe.command("scripts/train.py", *sub, "--ckpt_path", ckpt)
+    return f"{ckpt} holds the last checkpoint. Resume with: {resume}"
 
 
 @exit_quietly_on_broken_pipe
@@ -297,8 +329,9 @@ def main(args: list[str] | None = None) -> int:
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise
-            print(f"error: {one_line(write_error(e.filename or run_folder.path or 'the run folder', e))}",
-                  file=sys.stderr)
+            print(
+                f"error: {one_line(write_error(e.filename or run_folder.path or 'the run folder', e))}", file=sys.stderr
+            )
             code = 2
         except SIGTERMException:  # Lightning's own, raised at a batch boundary, agreed across ranks
             print(f"error: stopped by SIGTERM; {_resume_hint(run_folder, subcommand)}", file=sys.stderr)

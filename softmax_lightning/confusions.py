@@ -94,8 +94,11 @@ class ConfusionExamples:
         """Plain tensors (loadable with ``torch.load(weights_only=True)``), e.g. for a callback's checkpoint state."""
         keys = [key for key, images in self._kept.items() for _ in images]
         images = [image for images in self._kept.values() for image in images]
-        return {"per_pair": self.per_pair, "pairs": torch.tensor(keys, dtype=torch.long).reshape(-1, 2),
-                "images": torch.stack(images) if images else torch.zeros(0, 28, 28)}
+        return {
+            "per_pair": self.per_pair,
+            "pairs": torch.tensor(keys, dtype=torch.long).reshape(-1, 2),
+            "images": torch.stack(images) if images else torch.zeros(0, 28, 28),
+        }
 
     def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
         self.per_pair = int(state["per_pair"])

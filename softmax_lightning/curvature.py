@@ -49,6 +49,7 @@ def max_stable_step(momentum: float = 0.0, nesterov: bool = False) -> float:
         >>> round(max_stable_step(), 3), round(max_stable_step(0.9), 3), round(max_stable_step(0.9, True), 3)
         (2.0, 3.8, 1.357)
     """
+
     def radius(h: float) -> float:  # state (theta, buf); gradient g = theta (lambda = 1), step h
         b = momentum
         if nesterov:  # buf' = b buf + g;  theta' = theta - h (g + b buf')
@@ -79,11 +80,15 @@ def input_curvature(data_dir: str = "data", val_size: int = 5000, seed: int = 0)
         spectrum = torch.linalg.eigvalsh(second_moment(X, bias=True)).flip(0)  # descending, with the bias's 1
         mean = X.double().mean(0)
         out["standardized" if standardize else "raw"] = {
-            "n": len(X), "stats": dm.input_stats, "top": top, "top_with_bias": float(spectrum[0]),
+            "n": len(X),
+            "stats": dm.input_stats,
+            "top": top,
+            "top_with_bias": float(spectrum[0]),
             "ranked": {r: float(spectrum[r - 1]) for r in RANKS},
             "mean_norm2": float(mean @ mean),  # ||E[x]||^2: the mean image's share of the top eigenvalue
             "cos_top_mean": float((v @ mean).abs() / mean.norm()),
-            "pixel_means": (float(mean.min()), float(mean.max()))}
+            "pixel_means": (float(mean.min()), float(mean.max())),
+        }
     return out
 
 
@@ -97,22 +102,32 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    limits = {"plain SGD": max_stable_step(), "heavy ball 0.9": max_stable_step(0.9),
-              "Nesterov 0.9": max_stable_step(0.9, True)}
+    limits = {
+        "plain SGD": max_stable_step(),
+        "heavy ball 0.9": max_stable_step(0.9),
+        "Nesterov 0.9": max_stable_step(0.9, True),
+    }
     print(f"training split: {res['raw']['n']} images (--data.val_size {args.val_size}, seed 0); x = the 784 pixels")
     print(f"{'inputs':<13} {'lambda_max E[xx^T]':>19} {'||E[x]||^2':>11} {'cos(top, E[x])':>15} {'pixel means':>15}")
     for name, r in res.items():
         lo, hi = r["pixel_means"]
-        print(f"{name:<13} {r['top']:>19.1f} {r['mean_norm2']:>11.1f} {r['cos_top_mean']:>15.3f} "
-              f"{f'{lo:.2f} to {hi:.2f}':>15}")
+        print(
+            f"{name:<13} {r['top']:>19.1f} {r['mean_norm2']:>11.1f} {r['cos_top_mean']:>15.3f} "
+            f"{f'{lo:.2f} to {hi:.2f}':>15}"
+        )
     print("\nwith the bias's constant 1 appended to x: eigenvalues of E[xx^T] by rank, and what they mean for SGD")
-    print(f"{'inputs':<13} " + " ".join(f"{'lambda_' + str(k):>10}" for k in RANKS) + f" {'lambda_1/lambda_100':>20} "
-          f"{'Hessian at init':>16} {'plain SGD: lr <':>16} {'Nesterov 0.9: lr <':>19}")
+    print(
+        f"{'inputs':<13} " + " ".join(f"{'lambda_' + str(k):>10}" for k in RANKS) + f" {'lambda_1/lambda_100':>20} "
+        f"{'Hessian at init':>16} {'plain SGD: lr <':>16} {'Nesterov 0.9: lr <':>19}"
+    )
     for name, r in res.items():
         h = init_hessian_top(r["top_with_bias"])
-        print(f"{name:<13} " + " ".join(f"{r['ranked'][k]:>10.3f}" for k in RANKS) +
-              f" {r['ranked'][1] / r['ranked'][100]:>20.0f} {h:>16.2f} {limits['plain SGD'] / h:>16.3f} "
-              f"{limits['Nesterov 0.9'] / h:>19.3f}")
+        print(
+            f"{name:<13} "
+            + " ".join(f"{r['ranked'][k]:>10.3f}" for k in RANKS)
+            + f" {r['ranked'][1] / r['ranked'][100]:>20.0f} {h:>16.2f} {limits['plain SGD'] / h:>16.3f} "
+            f"{limits['Nesterov 0.9'] / h:>19.3f}"
+        )
     print("stability limits on a quadratic, lr * lambda < " + ", ".join(f"{k}: {v:.3f}" for k, v in limits.items()))
     print("momentum's step along flat directions: lr / (1 - beta), e.g. 0.01 / (1 - 0.9) = 0.1")
     return 0

@@ -1,4 +1,4 @@
-"""Fashion-MNIST as a ``LightningDataModule``: each split held in memory as tensors, served by a standard ``DataLoader``.
+"""Fashion-MNIST as a ``LightningDataModule``: each split held in memory as tensors, served by a ``DataLoader``.
 
 Specs: 10 classes, images 1x28x28 scaled to [0, 1] once (the chapter's ``ToTensor``), 60k train / 10k test.
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import numpy as np
 import torch
-import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
@@ -22,8 +22,7 @@ from softmax_lightning.errors import UserError
 from softmax_lightning.fashion_mnist import MAX_ITEMS, find_raw_files, load_split
 from softmax_lightning.io import check_path
 
-CLASSES_EN = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES_EN = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CLASSES_ZH = ("T恤", "裤子", "套头衫", "连衣裙", "外套", "凉鞋", "衬衫", "运动鞋", "包", "靴子")
 
 
@@ -155,18 +154,30 @@ class FashionMNISTDataModule(L.LightningDataModule):
     num_classes = 10
     max_workers = 64  # DataLoader processes: more would only exhaust the machine
 
-    def __init__(self, data_dir: str = "data", batch_size: int = 256, val_size: int = 0, num_workers: int = 0,
-                 seed: int = 0, standardize: bool = False, download: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 256,
+        val_size: int = 0,
+        num_workers: int = 0,
+        seed: int = 0,
+        standardize: bool = False,
+        download: bool = True,
+    ) -> None:
         super().__init__()
         check_path(data_dir, "--data.data_dir", "folder path")  # not empty, not too long for the system
         if not 1 <= batch_size <= MAX_ITEMS:
-            raise UserError(f"batch_size must be >= 1 and <= {MAX_ITEMS} (the most images a split may hold), got "
-                            f"{batch_size} (--data.batch_size)")
+            raise UserError(
+                f"batch_size must be >= 1 and <= {MAX_ITEMS} (the most images a split may hold), got "
+                f"{batch_size} (--data.batch_size)"
+            )
         if val_size < 0:
             raise UserError(f"val_size must be >= 0, got {val_size} (--data.val_size)")
         if val_size >= MAX_ITEMS:  # (setup checks it against the training set's real size)
-            raise UserError(f"val_size must be smaller than the training set (at most {MAX_ITEMS} images), got "
-                            f"{val_size} (--data.val_size)")
+            raise UserError(
+                f"val_size must be smaller than the training set (at most {MAX_ITEMS} images), got "
+                f"{val_size} (--data.val_size)"
+            )
         if not 0 <= num_workers <= self.max_workers:
             raise UserError(f"num_workers must be in 0..{self.max_workers}, got {num_workers} (--data.num_workers)")
         if not 0 <= seed < 2**32:
@@ -193,8 +204,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             splits[split] = (images.unsqueeze(1).float().div_(255), labels)  # (N, 28, 28) uint8 -> (N, 1, 28, 28)
         X, y = splits["train"]
         if hp.val_size >= len(y):
-            raise UserError(f"val_size must be smaller than the training set ({len(y)}), got {hp.val_size} "
-                            f"(--data.val_size)")
+            raise UserError(
+                f"val_size must be smaller than the training set ({len(y)}), got {hp.val_size} (--data.val_size)"
+            )
         if hp.val_size:
             perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(hp.seed))
             val_idx, train_idx = perm[: hp.val_size], perm[hp.val_size :]
@@ -220,8 +232,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
             name = f"limit_{stage}_batches"
             fraction = getattr(self.trainer, name, None)
             if isinstance(fraction, float) and 0 < fraction < 1 and int(batches * fraction) == 0:
-                raise UserError(f"{name} {fraction:g} of the {batches} {stage} batches is none; pass a fraction of at "
-                                f"least {1 / batches:.3g}, or a number of batches (--trainer.{name})")
+                raise UserError(
+                    f"{name} {fraction:g} of the {batches} {stage} batches is none; pass a fraction of at "
+                    f"least {1 / batches:.3g}, or a number of batches (--trainer.{name})"
+                )
 
     def _loader(self, dataset: InMemoryDataset, shuffle: bool = False) -> DataLoader:
         """One loader factory for every split: train shuffles (``EpochShuffle``), the others keep the files' order
@@ -232,8 +246,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
         else:
             sampler = EvalShard(dataset, world, self.trainer.global_rank) if world > 1 else None
         return (ResumableLoader if shuffle else DataLoader)(
-            dataset, batch_size=self.hparams.batch_size, collate_fn=as_batch, num_workers=workers, sampler=sampler,
-            persistent_workers=workers > 0)
+            dataset,
+            batch_size=self.hparams.batch_size,
+            collate_fn=as_batch,
+            num_workers=workers,
+            sampler=sampler,
+            persistent_workers=workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -136,14 +136,18 @@ def decide(probs: Tensor, cost: Tensor | None = None, abstain_cost: float | None
 def check_cost_matrix(cost: Tensor, n: int, where: str) -> Tensor:
     """``cost`` if it is ``n x n`` with finite, non-negative entries; otherwise a ``UserError`` naming ``where``."""
     if cost.shape != (n, n):
-        raise UserError(f"{where} has shape {tuple(cost.shape)}; it needs {n} rows of {n} numbers "
-                        f"(rows: true class, columns: predicted)")
+        raise UserError(
+            f"{where} has shape {tuple(cost.shape)}; it needs {n} rows of {n} numbers "
+            f"(rows: true class, columns: predicted)"
+        )
     if not torch.isfinite(cost).all():
         raise UserError(f"{where} holds a non-finite number (inf or nan); write {n} rows of {n} finite costs")
     if (cost < 0).any():
         j, k = (int(v) for v in (cost < 0).nonzero()[0])
-        raise UserError(f"{where} holds a negative cost ({float(cost[j, k])} at row {j + 1}, column {k + 1}); costs "
-                        f"are >= 0 (0 for a right answer)")
+        raise UserError(
+            f"{where} holds a negative cost ({float(cost[j, k])} at row {j + 1}, column {k + 1}); costs "
+            f"are >= 0 (0 for a right answer)"
+        )
     return cost
 
 
@@ -151,20 +155,24 @@ def load_cost_matrix(path: str | Path, n: int = 10, flag: str = "--cost-matrix")
     """A checked ``n x n`` cost matrix (rows: true class, columns: predicted) from a JSON or whitespace/CSV file."""
     text = read_small_text(path, "cost matrix", flag, max_bytes=64 * 1024)
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else \
-            [[float(v) for v in line.replace(",", " ").split()] for line in text.splitlines() if line.strip()]
+        rows = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [[float(v) for v in line.replace(",", " ").split()] for line in text.splitlines() if line.strip()]
+        )
         cost = torch.tensor(rows, dtype=torch.float32)
     except (ValueError, TypeError) as e:
-        raise UserError(f"cost matrix {path} is not a table of numbers ({e}); write {n} rows of {n} numbers") \
-            from None
+        raise UserError(f"cost matrix {path} is not a table of numbers ({e}); write {n} rows of {n} numbers") from None
     return check_cost_matrix(cost, n, f"cost matrix {path} ({flag})")
 
 
 def check_abstain_cost(c: float, flag: str = "--abstain-cost") -> float:
     """``c`` if it is a finite number >= 0 (the cost of handing a case to a person); otherwise a ``UserError``."""
     if not (math.isfinite(c) and c >= 0):
-        raise UserError(f"{flag} must be a finite number >= 0 (the cost of abstaining, in the cost matrix's units; "
-                        f"without a cost matrix a mistake costs 1), got {c}")
+        raise UserError(
+            f"{flag} must be a finite number >= 0 (the cost of abstaining, in the cost matrix's units; "
+            f"without a cost matrix a mistake costs 1), got {c}"
+        )
     return c
 
 
@@ -176,6 +184,8 @@ def parse_prior(text: str, n: int = 10, flag: str = "--prior") -> Tensor:
         values = []
     prior = torch.tensor(values, dtype=torch.float64)
     if len(values) != n or not (torch.isfinite(prior).all() and (prior > 0).all()):
-        raise UserError(f"{flag} needs {n} positive numbers, one per class in class order, separated by commas "
-                        f"(e.g. 1,1,1,1,1,1,3,1,1,1), got {text!r}")
+        raise UserError(
+            f"{flag} needs {n} positive numbers, one per class in class order, separated by commas "
+            f"(e.g. 1,1,1,1,1,1,3,1,1,1), got {text!r}"
+        )
     return (prior / prior.sum()).float()

@@ -28,8 +28,8 @@ from torch import Tensor
 from softmax_lightning import decisions as D
 from softmax_lightning import functional as F
 from softmax_lightning.data import FashionMNISTDataModule
-from softmax_lightning.fashion_mnist import find_raw_files, load_split
 from softmax_lightning.errors import UserError, one_line
+from softmax_lightning.fashion_mnist import find_raw_files, load_split
 from softmax_lightning.io import exit_quietly_on_broken_pipe
 from softmax_lightning.model import NonFiniteLossError, SoftmaxRegression
 from softmax_lightning.profiling import PeakRSS
@@ -49,8 +49,16 @@ def overflow_table() -> list[dict]:
         for dtype in (torch.float32, torch.float64):
             X = torch.tensor([[m, m - 1, m - 2]], dtype=dtype)
             naive, stable = F.softmax_naive(X)[0], F.softmax(X)[0]
-            rows.append({"max": m, "dtype": str(dtype).replace("torch.", ""), "naive": naive.tolist(),
-                         "naive_sum": float(naive.sum()), "stable": stable.tolist(), "stable_sum": float(stable.sum())})
+            rows.append(
+                {
+                    "max": m,
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "naive": naive.tolist(),
+                    "naive_sum": float(naive.sum()),
+                    "stable": stable.tolist(),
+                    "stable_sum": float(stable.sum()),
+                }
+            )
     return rows
 
 
@@ -58,17 +66,23 @@ def exercise1() -> None:
     _title(1, "what can go wrong with softmax(X) = exp(X) / sum(exp(X))?")
     for dtype in (torch.float32, torch.float64):
         big = torch.finfo(dtype).max
-        print(f"exp(50) in {str(dtype).replace('torch.', '')}: {torch.exp(torch.tensor(50.0, dtype=dtype)).item():.6e}"
-              f"   largest finite: {big:.3e}   exp overflows above {math.log(big):.2f}")
+        print(
+            f"exp(50) in {str(dtype).replace('torch.', '')}: {torch.exp(torch.tensor(50.0, dtype=dtype)).item():.6e}"
+            f"   largest finite: {big:.3e}   exp overflows above {math.log(big):.2f}"
+        )
     print(f"\n{'row max':>8} {'dtype':>8}  {'naive softmax':<30} {'sum':>6}   {'stable softmax':<26} {'sum':>6}")
     fmt = lambda v: "[" + ", ".join(f"{x:.3g}" for x in v) + "]"  # noqa: E731
     for r in overflow_table():
-        print(f"{r['max']:>8g} {r['dtype']:>8}  {fmt(r['naive']):<30} {r['naive_sum']:>6.3g}   "
-              f"{fmt(r['stable']):<26} {r['stable_sum']:>6.3g}")
-    print("Rows are [m, m-1, m-2]. exp overflows to inf above ~88.7 (float32) / ~709.8 (float64): inf/inf = nan. "
-          "Far below zero every exp underflows to 0: 0/0 = nan. Subtracting the row max first (same value, "
-          "mathematically) keeps every exp in [0, 1] with the max's exp = 1, so the sum is >= 1: nothing overflows "
-          "and nothing divides by zero. An entry far below its row's max still underflows to 0 (exercise 2).")
+        print(
+            f"{r['max']:>8g} {r['dtype']:>8}  {fmt(r['naive']):<30} {r['naive_sum']:>6.3g}   "
+            f"{fmt(r['stable']):<26} {r['stable_sum']:>6.3g}"
+        )
+    print(
+        "Rows are [m, m-1, m-2]. exp overflows to inf above ~88.7 (float32) / ~709.8 (float64): inf/inf = nan. "
+        "Far below zero every exp underflows to 0: 0/0 = nan. Subtracting the row max first (same value, "
+        "mathematically) keeps every exp in [0, 1] with the max's exp = 1, so the sum is >= 1: nothing overflows "
+        "and nothing divides by zero. An entry far below its row's max still underflows to 0 (exercise 2)."
+    )
 
 
 # ---------------------------------------------------------------- 2. the log's domain
@@ -87,8 +101,9 @@ def loss_and_grad(logits: Tensor, y: Tensor, path: str) -> tuple[float, list[flo
     return float(loss.detach()[0]), z.grad[0].tolist()
 
 
-def log_domain_table(gaps: tuple[float, ...] = (10.0, 50.0, 87.0, 88.0, 89.0, 95.0, 100.0, 103.0, 103.9, 104.0,
-                                                200.0, 1000.0)) -> list[dict]:
+def log_domain_table(
+    gaps: tuple[float, ...] = (10.0, 50.0, 87.0, 88.0, 89.0, 95.0, 100.0, 103.0, 103.9, 104.0, 200.0, 1000.0),
+) -> list[dict]:
     """Logits ``[0, -gap]`` in float32, true class 1: its probability, the loss and the gradient by each path.
 
     ``exact`` is the true loss, ``gap + log(1 + exp(-gap))``, in float64; the true gradient is ``[1 - p, p - 1]``.
@@ -96,8 +111,12 @@ def log_domain_table(gaps: tuple[float, ...] = (10.0, 50.0, 87.0, 88.0, 89.0, 95
     rows = []
     for gap in gaps:
         logits, y = torch.tensor([[0.0, -gap]]), torch.tensor([1])  # the true class trails the other by `gap`
-        row = {"gap": gap, "p_true": float(F.softmax(logits)[0, 1]), "exact": gap + math.log1p(math.exp(-gap)),
-               "torch": float(torch.nn.functional.cross_entropy(logits, y))}
+        row = {
+            "gap": gap,
+            "p_true": float(F.softmax(logits)[0, 1]),
+            "exact": gap + math.log1p(math.exp(-gap)),
+            "torch": float(torch.nn.functional.cross_entropy(logits, y)),
+        }
         for path in GRAD_PATHS:
             row[path] = dict(zip(("loss", "grad"), loss_and_grad(logits, y, path)))
         rows.append(row)
@@ -107,25 +126,32 @@ def log_domain_table(gaps: tuple[float, ...] = (10.0, 50.0, 87.0, 88.0, 89.0, 95
 def exercise2() -> None:
     _title(2, "what can go wrong with cross_entropy = -log(y_hat[range(n), y])?")
     f32 = torch.finfo(torch.float32)
-    print(f"float32: smallest normal {f32.tiny:.3g}, smallest subnormal {2.0 ** -149:.3g}, "
-          f"1/largest {1 / f32.max:.3g}")
-    print("Logits [0, -gap], the true class is the second; the exact loss is gap + log(1 + exp(-gap)) and the exact "
-          "gradient [1 - p, p - 1].")
+    print(f"float32: smallest normal {f32.tiny:.3g}, smallest subnormal {2.0**-149:.3g}, 1/largest {1 / f32.max:.3g}")
+    print(
+        "Logits [0, -gap], the true class is the second; the exact loss is gap + log(1 + exp(-gap)) and the exact "
+        "gradient [1 - p, p - 1]."
+    )
     fmt = lambda g: "[" + ", ".join(f"{v:.3g}" for v in g) + "]"  # noqa: E731
-    print(f"{'gap':>6} {'p(true)':>9} {'chapter loss':>13} {'its error':>10} {'log-sum-exp':>12}   "
-          f"{'gradient: chapter':<18} {'stable softmax, -log':<21} {'log-sum-exp':<12}")
+    print(
+        f"{'gap':>6} {'p(true)':>9} {'chapter loss':>13} {'its error':>10} {'log-sum-exp':>12}   "
+        f"{'gradient: chapter':<18} {'stable softmax, -log':<21} {'log-sum-exp':<12}"
+    )
     for r in log_domain_table():
         ch, st, lse = (r[k] for k in GRAD_PATHS)
         err = ch["loss"] - r["exact"]
-        print(f"{r['gap']:>6g} {r['p_true']:>9.3g} {ch['loss']:>13.6g} {err:>10.3g} {lse['loss']:>12.6g}   "
-              f"{fmt(ch['grad']):<18} {fmt(st['grad']):<21} {fmt(lse['grad'])}")
-    print("The gradient breaks first. d(-log p)/dp = -1/p overflows once p < 1/largest (gap > ~88.7): from gap 89 the "
-          "chapter's gradient is not finite while its loss is still right. Stable softmax followed by -log breaks the "
-          "same way: fixing softmax alone does not fix training. The loss itself loses digits only when p is "
-          "subnormal and tiny (off by 0.017 at gap 100; for gaps ~103 to ~104 p is the smallest subnormal and the "
-          "loss is stuck at -log(1.4e-45) = 103.28) and is inf once p underflows to 0 (gap > ~103.97). "
-          "Log-sum-exp, logsumexp(z) - z_y, never forms p: its loss and gradient stay right at every gap, and equal "
-          "torch's F.cross_entropy.")
+        print(
+            f"{r['gap']:>6g} {r['p_true']:>9.3g} {ch['loss']:>13.6g} {err:>10.3g} {lse['loss']:>12.6g}   "
+            f"{fmt(ch['grad']):<18} {fmt(st['grad']):<21} {fmt(lse['grad'])}"
+        )
+    print(
+        "The gradient breaks first. d(-log p)/dp = -1/p overflows once p < 1/largest (gap > ~88.7): from gap 89 the "
+        "chapter's gradient is not finite while its loss is still right. Stable softmax followed by -log breaks the "
+        "same way: fixing softmax alone does not fix training. The loss itself loses digits only when p is "
+        "subnormal and tiny (off by 0.017 at gap 100; for gaps ~103 to ~104 p is the smallest subnormal and the "
+        "loss is stuck at -log(1.4e-45) = 103.28) and is inf once p underflows to 0 (gap > ~103.97). "
+        "Log-sum-exp, logsumexp(z) - z_y, never forms p: its loss and gradient stay right at every gap, and equal "
+        "torch's F.cross_entropy."
+    )
 
 
 # ---------------------------------------------------------------- 3. the fix, in training
@@ -136,8 +162,14 @@ def _quiet() -> None:
 
 
 def _trainer(**kw) -> L.Trainer:
-    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, **kw)
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 def naive_vs_stable_run(data_dir: str, lr: float = 100.0, epochs: int = 2, seed: int = 0) -> dict[str, dict]:
@@ -151,8 +183,11 @@ def naive_vs_stable_run(data_dir: str, lr: float = 100.0, epochs: int = 2, seed:
             trainer = _trainer(max_epochs=epochs)
             trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=data_dir, seed=seed))
             logged = trainer.callback_metrics  # the last epoch's logged metrics
-            out[kind] = {"status": "finished", "train_loss": float(logged["train_loss"]),
-                         "val_acc": float(logged["val_acc"])}
+            out[kind] = {
+                "status": "finished",
+                "train_loss": float(logged["train_loss"]),
+                "val_acc": float(logged["val_acc"]),
+            }
         except NonFiniteLossError as e:
             out[kind] = {"status": "stopped", "message": str(e)}
     return out
@@ -166,9 +201,11 @@ def exercise3(data_dir: str) -> None:
             print(f"softmax={kind}: stopped by the non-finite guard -> {r['message']}")
         else:
             print(f"softmax={kind}: finished 2 epochs, train loss {r['train_loss']:.3f}, val acc {r['val_acc']:.4f}")
-    print("The fix for exercises 1-2: subtract the row max inside softmax, and compute cross-entropy from logits "
-          "with log-sum-exp (SoftmaxRegression(softmax='stable'), the default). The naive path breaks on its "
-          "first large step; the guard stops training with the epoch and step instead of continuing on nan.")
+    print(
+        "The fix for exercises 1-2: subtract the row max inside softmax, and compute cross-entropy from logits "
+        "with log-sum-exp (SoftmaxRegression(softmax='stable'), the default). The naive path breaks on its "
+        "first large step; the guard stops training with the epoch and step instead of continuing on nan."
+    )
 
 
 # ---------------------------------------------------------------- 4. is argmax always best?
@@ -199,8 +236,7 @@ def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> tupl
     return ece, diagram
 
 
-def class_reliability(probs: Tensor, y: Tensor, k: int, changed: Tensor | None = None,
-                      bins: int = 10) -> list[dict]:
+def class_reliability(probs: Tensor, y: Tensor, k: int, changed: Tensor | None = None, bins: int = 10) -> list[dict]:
     """Calibration of one class's probability ``P(k|x)`` on every image, top class or not.
 
     Per equal-width bin of ``P(k|x)`` (the first bin includes 0): the number of images, the mean predicted
@@ -212,9 +248,16 @@ def class_reliability(probs: Tensor, y: Tensor, k: int, changed: Tensor | None =
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         mask = ((pk > lo) | (i == 0)) & (pk <= hi)
         if mask.any():
-            rows.append({"lo": float(lo), "hi": float(hi), "n": int(mask.sum()), "mean_p": float(pk[mask].mean()),
-                         "frequency": float(is_k[mask].mean()),
-                         "changed": int((mask & changed).sum()) if changed is not None else 0})
+            rows.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "n": int(mask.sum()),
+                    "mean_p": float(pk[mask].mean()),
+                    "frequency": float(is_k[mask].mean()),
+                    "changed": int((mask & changed).sum()) if changed is not None else 0,
+                }
+            )
     return rows
 
 
@@ -227,12 +270,14 @@ def outcome(pred: Tensor, y: Tensor, C: Tensor, abstain_cost: float = 0.0, weigh
     kept = pred != D.ABSTAIN
     cost = torch.where(kept, C[y, pred.clamp_min(0)], torch.full_like(w, abstain_cost))
     right = (pred == y).float()
-    return {"coverage": float((w * kept).sum() / w.sum()),
-            "accuracy": float((w * right).sum() / (w * kept).sum()) if kept.any() else float("nan"),
-            "cost": float((w * cost).sum() / w.sum()),
-            "shirts_missed": float((w * ((y == SHIRT) & kept & (pred != SHIRT))).sum()),  # abstained: not missed
-            "false_alarms": float((w * ((y != SHIRT) & (pred == SHIRT))).sum()),
-            "predicted_shirt": float((w * (pred == SHIRT)).sum())}
+    return {
+        "coverage": float((w * kept).sum() / w.sum()),
+        "accuracy": float((w * right).sum() / (w * kept).sum()) if kept.any() else float("nan"),
+        "cost": float((w * cost).sum() / w.sum()),
+        "shirts_missed": float((w * ((y == SHIRT) & kept & (pred != SHIRT))).sum()),  # abstained: not missed
+        "false_alarms": float((w * ((y != SHIRT) & (pred == SHIRT))).sum()),
+        "predicted_shirt": float((w * (pred == SHIRT)).sum()),
+    }
 
 
 CHOW_COSTS = (1.0, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01)  # the cost of asking, with a mistake costing 1
@@ -245,30 +290,48 @@ def decision_analysis(probs: Tensor, y: Tensor, C: Tensor, deploy_factor: float 
     Shirts; top-label calibration."""
     argmax, bayes = probs.argmax(1), D.bayes_decisions(probs, C)
     changed = argmax != bayes
-    res = {name: {**outcome(pred, y, C),
-                  "expected_cost": float(D.expected_costs(probs, C).gather(1, pred[:, None]).mean())}  # the model's
-           for name, pred in (("argmax", argmax), ("bayes", bayes))}
+    res = {
+        name: {
+            **outcome(pred, y, C),
+            "expected_cost": float(D.expected_costs(probs, C).gather(1, pred[:, None]).mean()),
+        }  # the model's
+        for name, pred in (("argmax", argmax), ("bayes", bayes))
+    }
     res["changed"], res["changed_to_shirt"] = int(changed.sum()), int((changed & (bayes == SHIRT)).sum())
     res["changed_mean_p"] = float(probs[changed, SHIRT].mean())
     res["changed_frequency"] = float((y[changed] == SHIRT).float().mean())
     res["shirt_reliability"] = class_reliability(probs, y, SHIRT, changed)
     zero_one = D.zero_one_cost(probs.shape[1])
-    res["chow"] = [{"c": c, "tau": D.chow_threshold(c),
-                    **outcome(D.chow_decisions(probs, D.chow_threshold(c)), y, zero_one, c),
-                    "differ": int((D.chow_decisions(probs, D.chow_threshold(c))
-                                   != D.abstain_decisions(probs, zero_one, c)).sum())}
-                   for c in CHOW_COSTS]
-    res["reject_curve"] = [(t / 100, float((probs.max(1).values >= t / 100).float().mean()),
-                            outcome(D.chow_decisions(probs, t / 100), y, zero_one)["accuracy"])
-                           for t in range(0, 100, 3)]  # tau = 0.00, 0.03, ..., 0.99
+    res["chow"] = [
+        {
+            "c": c,
+            "tau": D.chow_threshold(c),
+            **outcome(D.chow_decisions(probs, D.chow_threshold(c)), y, zero_one, c),
+            "differ": int(
+                (D.chow_decisions(probs, D.chow_threshold(c)) != D.abstain_decisions(probs, zero_one, c)).sum()
+            ),
+        }
+        for c in CHOW_COSTS
+    ]
+    res["reject_curve"] = [
+        (
+            t / 100,
+            float((probs.max(1).values >= t / 100).float().mean()),
+            outcome(D.chow_decisions(probs, t / 100), y, zero_one)["accuracy"],
+        )
+        for t in range(0, 100, 3)
+    ]  # tau = 0.00, 0.03, ..., 0.99
     res["abstain"] = [{"c": c, **outcome(D.abstain_decisions(probs, C, c), y, C, c)} for c in SHIRT_ABSTAIN_COSTS]
     prior = torch.ones(probs.shape[1])
     prior[SHIRT] = deploy_factor
     weight = prior[y]  # each test Shirt counts deploy_factor times: a test set with that prevalence
-    res["prior"] = {"factor": deploy_factor, "shirt_prior": float(prior[SHIRT] / prior.sum()),
-                    "as_trained": outcome(argmax, y, zero_one, weight=weight),
-                    "corrected": outcome(D.shift_prior(probs, prior).argmax(1), y, zero_one, weight=weight),
-                    "n_shirts": float(weight[y == SHIRT].sum())}
+    res["prior"] = {
+        "factor": deploy_factor,
+        "shirt_prior": float(prior[SHIRT] / prior.sum()),
+        "as_trained": outcome(argmax, y, zero_one, weight=weight),
+        "corrected": outcome(D.shift_prior(probs, prior).argmax(1), y, zero_one, weight=weight),
+        "n_shirts": float(weight[y == SHIRT].sum()),
+    }
     res["ece"], res["reliability"] = expected_calibration_error(probs, y)
     return res
 
@@ -286,18 +349,32 @@ def plot_decisions(res: dict, path: Path) -> None:
     ax1.plot(cov, acc, "-", lw=1.5)
     for r in res["chow"][1:]:  # the table's rows (c = 1 abstains on nothing: the curve's end)
         ax1.plot(r["coverage"], r["accuracy"], "o", ms=4, color="tab:blue")
-        ax1.annotate(f"c={r['c']:g}", (r["coverage"], r["accuracy"]), fontsize=7, ha="right", xytext=(-5, 3),
-                     textcoords="offset points")
+        ax1.annotate(
+            f"c={r['c']:g}",
+            (r["coverage"], r["accuracy"]),
+            fontsize=7,
+            ha="right",
+            xytext=(-5, 3),
+            textcoords="offset points",
+        )
     ax1.set_xlim(0.0, 1.03)
-    ax1.set(xlabel="coverage (fraction not abstained)", ylabel="accuracy on the accepted",
-            title="Chow's rule: abstain when max p < τ = 1 − c")
+    ax1.set(
+        xlabel="coverage (fraction not abstained)",
+        ylabel="accuracy on the accepted",
+        title="Chow's rule: abstain when max p < τ = 1 − c",
+    )
     ax1.grid(True)
     conf, accs, _ = zip(*res["reliability"])
     rel = res["shirt_reliability"]
     ax2.plot([0, 1], [0, 1], "k:", label="perfect calibration")
     ax2.plot(conf, accs, "s-", ms=4, label=f"top label: max p vs accuracy (ECE {res['ece']:.3f})")
-    ax2.plot([r["mean_p"] for r in rel], [r["frequency"] for r in rel], "o-", ms=4,
-             label="P(Shirt) vs how often it is a Shirt")
+    ax2.plot(
+        [r["mean_p"] for r in rel],
+        [r["frequency"] for r in rel],
+        "o-",
+        ms=4,
+        label="P(Shirt) vs how often it is a Shirt",
+    )
     ax2.axvspan(0.2, 0.5, color="tab:orange", alpha=0.12, lw=0, label="0.2–0.5: P(Shirt) too high")
     ax2.set(xlabel="predicted probability", ylabel="observed frequency", title="reliability (test set)")
     ax2.legend(fontsize=7, loc="upper left")
@@ -325,64 +402,96 @@ def exercise4(data_dir: str, out_dir: Path) -> dict:
 def report_decisions(probs: Tensor, y: Tensor, out_dir: Path) -> dict:
     """Exercise 4's printout and figure, from the test probabilities."""
     res = decision_analysis(probs, y, cost_matrix())
-    print(f"Trained the chapter's recipe (10 epochs, seed 0, torch threads: {torch.get_num_threads()}); decisions on "
-          f"the 10,000 test images (1,000 per class).")
+    print(
+        f"Trained the chapter's recipe (10 epochs, seed 0, torch threads: {torch.get_num_threads()}); decisions on "
+        f"the 10,000 test images (1,000 per class)."
+    )
 
-    print(f"\n(a) The Bayes rule under costs. The Shirt is the condition not to miss: calling a true Shirt anything "
-          f"else costs {SHIRT_MISS:g} (a missed diagnosis); every other mistake costs 1 (a false alarm, or a harmless "
-          f"mix-up); a right answer 0. Rule: predict argmin_k sum_j C[j,k] p_j.")
-    print(f"{'rule':<7} {'accuracy':>9} {'mean cost (true labels)':>24} {'expected cost (model)':>22} "
-          f"{'Shirts missed':>14} {'false Shirt alarms':>19}")
+    print(
+        f"\n(a) The Bayes rule under costs. The Shirt is the condition not to miss: calling a true Shirt anything "
+        f"else costs {SHIRT_MISS:g} (a missed diagnosis); every other mistake costs 1 (a false alarm, or a harmless "
+        f"mix-up); a right answer 0. Rule: predict argmin_k sum_j C[j,k] p_j."
+    )
+    print(
+        f"{'rule':<7} {'accuracy':>9} {'mean cost (true labels)':>24} {'expected cost (model)':>22} "
+        f"{'Shirts missed':>14} {'false Shirt alarms':>19}"
+    )
     for name in ("argmax", "bayes"):
         r = res[name]
-        print(f"{name:<7} {r['accuracy']:>9.4f} {r['cost']:>24.4f} {r['expected_cost']:>22.4f} "
-              f"{r['shirts_missed']:>14.0f} {r['false_alarms']:>19.0f}")
+        print(
+            f"{name:<7} {r['accuracy']:>9.4f} {r['cost']:>24.4f} {r['expected_cost']:>22.4f} "
+            f"{r['shirts_missed']:>14.0f} {r['false_alarms']:>19.0f}"
+        )
     a, b = res["argmax"], res["bayes"]
-    print(f"It changed {res['changed']} decisions ({res['changed_to_shirt']} of them to Shirt: with these costs it "
-          f"predicts Shirt whenever P(Shirt) > max_other / {SHIRT_MISS:g}). Accuracy fell by "
-          f"{100 * (a['accuracy'] - b['accuracy']):.1f} points, the mean cost by "
-          f"{100 * (1 - b['cost'] / a['cost']):.0f}%.")
+    print(
+        f"It changed {res['changed']} decisions ({res['changed_to_shirt']} of them to Shirt: with these costs it "
+        f"predicts Shirt whenever P(Shirt) > max_other / {SHIRT_MISS:g}). Accuracy fell by "
+        f"{100 * (a['accuracy'] - b['accuracy']):.1f} points, the mean cost by "
+        f"{100 * (1 - b['cost'] / a['cost']):.0f}%."
+    )
 
-    print("\n(b) Can the rule trust P(Shirt)? It acts on P(Shirt) mostly where Shirt is NOT the top class, which "
-          "top-label calibration (ECE, below) never checks. P(Shirt) on every test image against how often the "
-          "image is a Shirt:")
+    print(
+        "\n(b) Can the rule trust P(Shirt)? It acts on P(Shirt) mostly where Shirt is NOT the top class, which "
+        "top-label calibration (ECE, below) never checks. P(Shirt) on every test image against how often the "
+        "image is a Shirt:"
+    )
     print(f"{'P(Shirt)':>9} {'images':>7} {'mean P(Shirt)':>14} {'Shirt frequency':>16} {'decisions changed':>18}")
     for r in res["shirt_reliability"]:
-        print(f"{r['lo']:>4.1f}-{r['hi']:<4.1f} {r['n']:>7d} {r['mean_p']:>14.3f} {r['frequency']:>16.3f} "
-              f"{r['changed']:>18d}")
+        print(
+            f"{r['lo']:>4.1f}-{r['hi']:<4.1f} {r['n']:>7d} {r['mean_p']:>14.3f} {r['frequency']:>16.3f} "
+            f"{r['changed']:>18d}"
+        )
     mid = [r for r in res["shirt_reliability"] if 0.2 <= r["lo"] < 0.5]
     over = [100 * (r["mean_p"] - r["frequency"]) for r in mid]
-    print(f"Between 0.2 and 0.5, P(Shirt) is {min(over):.1f} to {max(over):.1f} points above the Shirt frequency "
-          f"(overconfident), and there the rule changes {sum(r['changed'] for r in mid)} of its {res['changed']} "
-          f"decisions. On all {res['changed']} changed decisions: mean P(Shirt) {res['changed_mean_p']:.3f}, Shirts "
-          f"{res['changed_frequency']:.3f}.")
+    print(
+        f"Between 0.2 and 0.5, P(Shirt) is {min(over):.1f} to {max(over):.1f} points above the Shirt frequency "
+        f"(overconfident), and there the rule changes {sum(r['changed'] for r in mid)} of its {res['changed']} "
+        f"decisions. On all {res['changed']} changed decisions: mean P(Shirt) {res['changed_mean_p']:.3f}, Shirts "
+        f"{res['changed_frequency']:.3f}."
+    )
 
-    print("\n(c) Abstaining (Chow's rule). Asking a person costs c, a mistake 1. Predicting k costs 1 - p_k in "
-          "expectation, so abstaining pays off exactly where 1 - max p > c, i.e. max p < tau = 1 - c.")
-    print(f"{'c':>5} {'tau':>5} {'coverage':>9} {'accuracy on accepted':>21} {'mean cost per image':>20} "
-          f"{'differ from expected-cost rule':>31}")
+    print(
+        "\n(c) Abstaining (Chow's rule). Asking a person costs c, a mistake 1. Predicting k costs 1 - p_k in "
+        "expectation, so abstaining pays off exactly where 1 - max p > c, i.e. max p < tau = 1 - c."
+    )
+    print(
+        f"{'c':>5} {'tau':>5} {'coverage':>9} {'accuracy on accepted':>21} {'mean cost per image':>20} "
+        f"{'differ from expected-cost rule':>31}"
+    )
     for r in res["chow"]:
-        print(f"{r['c']:>5.2f} {r['tau']:>5.2f} {r['coverage']:>9.4f} {r['accuracy']:>21.4f} {r['cost']:>20.4f} "
-              f"{r['differ']:>31d}")
+        print(
+            f"{r['c']:>5.2f} {r['tau']:>5.2f} {r['coverage']:>9.4f} {r['accuracy']:>21.4f} {r['cost']:>20.4f} "
+            f"{r['differ']:>31d}"
+        )
 
     print("\n(d) Abstaining under the Shirt costs: abstain where even the best class's expected cost exceeds c.")
-    print(f"{'c':>5} {'coverage':>9} {'accuracy on accepted':>21} {'Shirts missed':>14} {'false Shirt alarms':>19} "
-          f"{'mean cost per image':>20}")
+    print(
+        f"{'c':>5} {'coverage':>9} {'accuracy on accepted':>21} {'Shirts missed':>14} {'false Shirt alarms':>19} "
+        f"{'mean cost per image':>20}"
+    )
     for r in res["abstain"]:
-        print(f"{r['c']:>5.2f} {r['coverage']:>9.4f} {r['accuracy']:>21.4f} {r['shirts_missed']:>14.0f} "
-              f"{r['false_alarms']:>19.0f} {r['cost']:>20.4f}")
+        print(
+            f"{r['c']:>5.2f} {r['coverage']:>9.4f} {r['accuracy']:>21.4f} {r['shirts_missed']:>14.0f} "
+            f"{r['false_alarms']:>19.0f} {r['cost']:>20.4f}"
+        )
 
     p = res["prior"]
-    print(f"\n(e) A different prevalence. The training split has every class equally often. Where Shirts are "
-          f"{p['factor']:g}x as common (prior {p['shirt_prior']:.2f} instead of 0.10), correct the probabilities: "
-          f"p'(k|x) = p(k|x) pi'_k / pi_k, renormalised. Scored on the test set with each Shirt counted "
-          f"{p['factor']:g} times (that prevalence), argmax decisions:")
-    print(f"{'probabilities':<16} {'accuracy':>9} {'Shirts missed':>14} {'predicted Shirt':>16}   "
-          f"(of {p['n_shirts']:.0f} weighted Shirts)")
+    print(
+        f"\n(e) A different prevalence. The training split has every class equally often. Where Shirts are "
+        f"{p['factor']:g}x as common (prior {p['shirt_prior']:.2f} instead of 0.10), correct the probabilities: "
+        f"p'(k|x) = p(k|x) pi'_k / pi_k, renormalised. Scored on the test set with each Shirt counted "
+        f"{p['factor']:g} times (that prevalence), argmax decisions:"
+    )
+    print(
+        f"{'probabilities':<16} {'accuracy':>9} {'Shirts missed':>14} {'predicted Shirt':>16}   "
+        f"(of {p['n_shirts']:.0f} weighted Shirts)"
+    )
     for name in ("as_trained", "corrected"):
         r = p[name]
-        print(f"{name.replace('_', ' '):<16} {r['accuracy']:>9.4f} {r['shirts_missed']:>14.0f} "
-              f"{r['predicted_shirt']:>16.0f}")
+        print(
+            f"{name.replace('_', ' '):<16} {r['accuracy']:>9.4f} {r['shirts_missed']:>14.0f} "
+            f"{r['predicted_shirt']:>16.0f}"
+        )
 
     print(f"\n(f) Top-label calibration: expected calibration error (15 bins) = {res['ece']:.4f}")
     for c, acc, n in res["reliability"]:
@@ -390,11 +499,13 @@ def report_decisions(probs: Tensor, y: Tensor, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_decisions(res, out_dir / "risk_coverage.png")
     print(f"wrote {out_dir / 'risk_coverage.png'}")
-    print("No: argmax minimises the number of mistakes, the right goal only when every mistake costs the same. With "
-          "costs, the Bayes rule picks the least expected cost; with a person to ask at cost c, abstain where every "
-          "class costs more (Chow's rule under 0/1 costs); where the classes' frequencies differ from training, "
-          "correct the probabilities first. Every rule trusts the probabilities it acts on, including those of "
-          "classes that are not the top one. Try: scripts/predict.py --cost-matrix FILE --abstain-cost C --prior P")
+    print(
+        "No: argmax minimises the number of mistakes, the right goal only when every mistake costs the same. With "
+        "costs, the Bayes rule picks the least expected cost; with a person to ask at cost c, abstain where every "
+        "class costs more (Chow's rule under 0/1 costs); where the classes' frequencies differ from training, "
+        "correct the probabilities first. Every rule trusts the probabilities it acts on, including those of "
+        "classes that are not the top one. Try: scripts/predict.py --cost-matrix FILE --abstain-cost C --prior P"
+    )
     return res
 
 
@@ -436,15 +547,16 @@ def sampled_logits(z_true: Tensor, z_neg: Tensor, y: Tensor, neg: Tensor, log_q:
     return torch.cat([z_true[:, None], z_neg], 1)  # (batch, 1 + S); the target is column 0
 
 
-def sampled_step(X: Tensor, y: Tensor, W: Tensor, b: Tensor, neg: Tensor, lr: float = 0.1,
-                 log_q: Tensor | None = None) -> None:
+def sampled_step(
+    X: Tensor, y: Tensor, W: Tensor, b: Tensor, neg: Tensor, lr: float = 0.1, log_q: Tensor | None = None
+) -> None:
     """One SGD step of sampled softmax: each example's true class against the shared negatives ``neg``.
 
     Only the rows of W and b of the batch's classes and the negatives are read and written: the step's arithmetic
     does not depend on K. (Its memory traffic does, in the chapter's d x K layout: see exercise 5's table.)
     """
     cand, idx = torch.unique(torch.cat([y, neg]), return_inverse=True)  # the classes this step touches
-    yl, nl = idx[: len(y)], idx[len(y):]  # positions in cand
+    yl, nl = idx[: len(y)], idx[len(y) :]  # positions in cand
     Wc, bc = W[cand].detach().requires_grad_(), b[cand].detach().requires_grad_()  # (C, d), (C,): copies
     z_true = (X * Wc[yl]).sum(1) + bc[yl]  # (batch,)
     z_neg = X @ Wc[nl].T + bc[nl]  # (batch, d) @ (d, S) -> (batch, S)
@@ -460,8 +572,9 @@ def param_mb(K: int, d: int) -> float:
     return (d + 1) * K * 4 / 2**20
 
 
-def time_steps(K: int, d: int = 784, batch: int = 256, n_sampled: int | None = None, layout=chapter_layout,
-               reps: int = 5) -> dict:
+def time_steps(
+    K: int, d: int = 784, batch: int = 256, n_sampled: int | None = None, layout=chapter_layout, reps: int = 5
+) -> dict:
     """Seconds (the best of ``reps``: other processes only ever add time) and peak memory rise of one training step
     with ``K`` classes (full, or sampled softmax)."""
     gen = torch.Generator().manual_seed(0)
@@ -483,8 +596,15 @@ def zipf_prior(K: int, s: float = 1.0) -> Tensor:
     return (w / w.sum()).float()
 
 
-def synthetic_task(K: int, d: int = 32, per_class: int = 20, noise: float = 1.5, prior: Tensor | None = None,
-                   n_test: int = 5000, seed: int = 0) -> tuple[Tensor, ...]:
+def synthetic_task(
+    K: int,
+    d: int = 32,
+    per_class: int = 20,
+    noise: float = 1.5,
+    prior: Tensor | None = None,
+    n_test: int = 5000,
+    seed: int = 0,
+) -> tuple[Tensor, ...]:
     """Gaussian clusters around random class prototypes; ``per_class * K`` training and ``n_test`` test examples,
     both drawn with the class frequencies ``prior`` (default uniform)."""
     g = torch.Generator().manual_seed(seed)
@@ -503,8 +623,11 @@ def evaluate(X: Tensor, y: Tensor, W: Tensor, b: Tensor, rare: Tensor) -> dict:
     with torch.no_grad():
         logits = X @ W.T + b  # (n, K): prediction always scores every class
         right = (logits.argmax(1) == y).float()
-        return {"acc": float(right.mean()), "ppl": math.exp(float(F.cross_entropy(logits, y).mean())),
-                "rare_acc": float(right[rare[y]].mean()) if rare[y].any() else float("nan")}
+        return {
+            "acc": float(right.mean()),
+            "ppl": math.exp(float(F.cross_entropy(logits, y).mean())),
+            "rare_acc": float(right[rare[y]].mean()) if rare[y].any() else float("nan"),
+        }
 
 
 METHODS = {  # name: (proposal, log-Q corrected); None = the full softmax
@@ -515,8 +638,15 @@ METHODS = {  # name: (proposal, log-Q corrected); None = the full softmax
 }
 
 
-def train_softmax(task: tuple[Tensor, ...], prior: Tensor, method: str, epochs: int = 20, lr: float = 1.0,
-                  n_sampled: int = 64, eval_at: tuple[int, ...] = (3, 20)) -> dict:
+def train_softmax(
+    task: tuple[Tensor, ...],
+    prior: Tensor,
+    method: str,
+    epochs: int = 20,
+    lr: float = 1.0,
+    n_sampled: int = 64,
+    eval_at: tuple[int, ...] = (3, 20),
+) -> dict:
     """Train softmax regression on ``task`` by ``METHODS[method]``; test metrics after the epochs in ``eval_at``.
 
     The unigram proposal is the class frequencies ``prior``; the rare classes are all but the most frequent 10%.
@@ -555,8 +685,9 @@ def train_compare(K: int = 1000, zipf: bool = False, methods: tuple[str, ...] | 
     return {m: train_softmax(task, prior, m, **kw) for m in methods}
 
 
-def sampled_gradient_error(logits: Tensor, y: Tensor, Q: Tensor, n_sampled: int, corrected: bool,
-                           draws: int = 200, seed: int = 0) -> float:
+def sampled_gradient_error(
+    logits: Tensor, y: Tensor, Q: Tensor, n_sampled: int, corrected: bool, draws: int = 200, seed: int = 0
+) -> float:
     """How far sampled softmax's gradient (w.r.t. all K logits), averaged over ``draws`` samples from ``Q``, is from
     the full softmax's gradient ``softmax(z) - onehot(y)``: the mean L1 distance per example."""
     gen = torch.Generator().manual_seed(seed)
@@ -575,10 +706,14 @@ def sampled_gradient_error(logits: Tensor, y: Tensor, Q: Tensor, n_sampled: int,
 def exercise5(max_classes: int = 100_000) -> dict:
     _title(5, "predicting the next word: what does a huge vocabulary cost?")
     sizes = [k for k in (10, 100, 1_000, 10_000, 100_000) if k <= max_classes]
-    print(f"One SGD step, batch 256, 784 synthetic features, float32, best of 5 (sampled: of 15), torch threads: "
-          f"{torch.get_num_threads()}. Sampled softmax: each example's class against 1024 sampled negatives.")
-    print(f"{'classes':>8} {'W,b MB':>8} {'full s/step':>12} {'full peak MB':>13} {'sampled s/step, d x K':>22} "
-          f"{'sampled, K x d':>15}")
+    print(
+        f"One SGD step, batch 256, 784 synthetic features, float32, best of 5 (sampled: of 15), torch threads: "
+        f"{torch.get_num_threads()}. Sampled softmax: each example's class against 1024 sampled negatives."
+    )
+    print(
+        f"{'classes':>8} {'W,b MB':>8} {'full s/step':>12} {'full peak MB':>13} {'sampled s/step, d x K':>22} "
+        f"{'sampled, K x d':>15}"
+    )
     layouts = (chapter_layout, row_layout)
     sampled = {}  # the sampled steps are short: 3 interleaved rounds, the best of all, so a busy moment counts less
     for _ in range(3):
@@ -589,50 +724,67 @@ def exercise5(max_classes: int = 100_000) -> dict:
     rows = []
     for K in sizes:
         full = time_steps(K)
-        row = {"full": full, "sampled": {lay.__name__: {"seconds": sampled[K, lay.__name__]} for lay in layouts}
-               if K > 1024 else None}
+        row = {
+            "full": full,
+            "sampled": {lay.__name__: {"seconds": sampled[K, lay.__name__]} for lay in layouts} if K > 1024 else None,
+        }
         rows.append(row)
-        s = (f"{row['sampled']['chapter_layout']['seconds']:>22.4f} {row['sampled']['row_layout']['seconds']:>15.4f}"
-             if K > 1024 else f"{'-':>22} {'-':>15}")
+        s = (
+            f"{row['sampled']['chapter_layout']['seconds']:>22.4f} {row['sampled']['row_layout']['seconds']:>15.4f}"
+            if K > 1024
+            else f"{'-':>22} {'-':>15}"
+        )
         print(f"{K:>8d} {full['param_mb']:>8.1f} {full['seconds']:>12.4f} {full['peak_mb']:>13.1f} {s}")
     if len(rows) >= 2 and rows[-1]["sampled"] and rows[-2]["sampled"]:
         r = lambda lay: rows[-1]["sampled"][lay]["seconds"] / rows[-2]["sampled"][lay]["seconds"]  # noqa: E731
-        print(f"x10 classes: full step x{rows[-1]['full']['seconds'] / rows[-2]['full']['seconds']:.1f}, sampled "
-              f"step x{r('chapter_layout'):.1f} with the chapter's d x K layout, x{r('row_layout'):.1f} with one row "
-              f"per class. W and b grow x10 either way.")
+        print(
+            f"x10 classes: full step x{rows[-1]['full']['seconds'] / rows[-2]['full']['seconds']:.1f}, sampled "
+            f"step x{r('chapter_layout'):.1f} with the chapter's d x K layout, x{r('row_layout'):.1f} with one row "
+            f"per class. W and b grow x10 either way."
+        )
 
     K, d, per_class, S, epochs = 1000, 32, 20, 64, 20
-    print(f"\nTraining: synthetic classes (Gaussian clusters), K = {K}, {d} features, {per_class * K:,} training and "
-          f"5,000 test examples with the same class frequencies; lr 1.0, batch 256, {S} sampled negatives per batch. "
-          f"Accuracy and perplexity (exp of the mean test cross-entropy, scored over all {K} classes) after 3 and "
-          f"{epochs} epochs; 'rare' = test examples of the 90% least frequent classes.")
+    print(
+        f"\nTraining: synthetic classes (Gaussian clusters), K = {K}, {d} features, {per_class * K:,} training and "
+        f"5,000 test examples with the same class frequencies; lr 1.0, batch 256, {S} sampled negatives per batch. "
+        f"Accuracy and perplexity (exp of the mean test cross-entropy, scored over all {K} classes) after 3 and "
+        f"{epochs} epochs; 'rare' = test examples of the 90% least frequent classes."
+    )
     results = {}
     for zipf in (False, True):
         res = results["zipf" if zipf else "balanced"] = train_compare(K, zipf=zipf, n_sampled=S, epochs=epochs)
-        print(f"\n{'Zipf classes (p_k ~ 1/k)' if zipf else 'balanced classes':<31} {'s/epoch':>8} "
-              f"{'acc@3':>7} {'ppl@3':>7} {'acc@' + str(epochs):>7} {'ppl@' + str(epochs):>7} "
-              f"{'rare acc@' + str(epochs):>12}")
+        print(
+            f"\n{'Zipf classes (p_k ~ 1/k)' if zipf else 'balanced classes':<31} {'s/epoch':>8} "
+            f"{'acc@3':>7} {'ppl@3':>7} {'acc@' + str(epochs):>7} {'ppl@' + str(epochs):>7} "
+            f"{'rare acc@' + str(epochs):>12}"
+        )
         for m, r in res.items():
             h3, hN = r["history"][3], r["history"][epochs]
-            print(f"{m:<31} {r['seconds'] / epochs:>8.3f} {h3['acc']:>7.4f} {h3['ppl']:>7.1f} {hN['acc']:>7.4f} "
-                  f"{hN['ppl']:>7.1f} {hN['rare_acc']:>12.4f}")
+            print(
+                f"{m:<31} {r['seconds'] / epochs:>8.3f} {h3['acc']:>7.4f} {h3['ppl']:>7.1f} {hN['acc']:>7.4f} "
+                f"{hN['ppl']:>7.1f} {hN['rare_acc']:>12.4f}"
+            )
     g = torch.Generator().manual_seed(2)
     z, y = torch.randn(64, K, generator=g) * 2, torch.randint(0, K, (64,), generator=g)
-    print(f"\nGradient check: 64 random logit rows, K = {K}, unigram (Zipf) proposal; the sampled gradient averaged "
-          f"over 200 samples, its mean L1 distance to the full softmax gradient:")
+    print(
+        f"\nGradient check: 64 random logit rows, K = {K}, unigram (Zipf) proposal; the sampled gradient averaged "
+        f"over 200 samples, its mean L1 distance to the full softmax gradient:"
+    )
     print(f"{'negatives':>9} {'uncorrected':>12} {'log-Q':>7}")
     errs = {}
     for n in (S, 512):
         errs[n] = {c: sampled_gradient_error(z, y, zipf_prior(K), n, corrected=c) for c in (False, True)}
         print(f"{n:>9d} {errs[n][False]:>12.3f} {errs[n][True]:>7.3f}")
-    print("Every full step computes a (batch x K) score matrix and a gradient for all K x d weights: time and memory "
-          "grow with K (at least linearly). Sampled softmax saves that compute and those activations, not the "
-          "parameters (nor an optimizer's copies of them). Its step grows far slower than K, and hardly at all when "
-          "each class's weights are stored together (one row per class, as an embedding table). With a non-uniform "
-          "proposal the logits need the log-Q correction: with it the sampled gradient approaches the full one as the "
-          "sample grows, without it it stays biased. After 3 epochs sampled softmax can match or beat the full "
-          "softmax on accuracy; after 20 the full softmax wins on accuracy and perplexity in every comparison. "
-          "Prediction still scores every class.")
+    print(
+        "Every full step computes a (batch x K) score matrix and a gradient for all K x d weights: time and memory "
+        "grow with K (at least linearly). Sampled softmax saves that compute and those activations, not the "
+        "parameters (nor an optimizer's copies of them). Its step grows far slower than K, and hardly at all when "
+        "each class's weights are stored together (one row per class, as an embedding table). With a non-uniform "
+        "proposal the logits need the log-Q correction: with it the sampled gradient approaches the full one as the "
+        "sample grows, without it it stays biased. After 3 epochs sampled softmax can match or beat the full "
+        "softmax on accuracy; after 20 the full softmax wins on accuracy and perplexity in every comparison. "
+        "Prediction still scores every class."
+    )
     return {"steps": rows, "compare": results, "gradient_error": errs}
 
 
@@ -647,8 +799,9 @@ def check_out_dir(out: Path, flag: str = "--out_dir") -> None:
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as e:
-        raise UserError(f"{flag} {out} is not a writable folder ({e.strerror or e}); pick a folder you can write "
-                        f"to") from None
+        raise UserError(
+            f"{flag} {out} is not a writable folder ({e.strerror or e}); pick a folder you can write to"
+        ) from None
 
 
 def check_data(data_dir: str) -> None:
@@ -667,8 +820,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[int], argparse.Names
     """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("which", nargs="*", default=["all"], help="1-5 or all")
-    p.add_argument("--data.data_dir", "--data_dir", dest="data_dir", default="data",
-                   help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir); exercises 3, 4")
+    p.add_argument(
+        "--data.data_dir",
+        "--data_dir",
+        dest="data_dir",
+        default="data",
+        help="folder holding FashionMNIST/raw/ (as scripts/train.py's --data.data_dir); exercises 3, 4",
+    )
     p.add_argument("--out_dir", default="lightning_logs/exercises", help="where exercise 4 writes risk_coverage.png")
     args = p.parse_args(argv)
     unknown = [w for w in args.which if w not in {"all", "1", "2", "3", "4", "5"}]

@@ -75,9 +75,10 @@ def _gunzip(src: Path, dst: Path, fix: str) -> None:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):  # where, and how much room it needs
             size = _unpacked_size(src)
             need = f" (it needs {size / 1e6:.0f} MB there)" if size else ""
-            raise UserError(f"no space left on the device while unpacking {src} into {dst}{need}; no partial file "
-                            f"was left and {src} is unchanged; pass --data.data_dir with a folder on a disk with room") \
-                from None
+            raise UserError(
+                f"no space left on the device while unpacking {src} into {dst}{need}; no partial file "
+                f"was left and {src} is unchanged; pass --data.data_dir with a folder on a disk with room"
+            ) from None
         raise write_error(dst, e) from None  # the disk or folder, never the archive
     finally:
         tmp.unlink(missing_ok=True)
@@ -102,8 +103,10 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
     if not missing:
         return raw
     # (1) .gz files already in data_dir, then (2) Debian's package: unpack what is missing.
-    for source, fix in ((raw, "replace it with a good copy (or move it away to fetch a fresh one)"),
-                        (system_dir, "reinstall it: apt-get install --reinstall dataset-fashion-mnist")):
+    for source, fix in (
+        (raw, "replace it with a good copy (or move it away to fetch a fresh one)"),
+        (system_dir, "reinstall it: apt-get install --reinstall dataset-fashion-mnist"),
+    ):
         if all(check_regular_file(source / f"{n}.gz") for n in missing):
             try:
                 raw.mkdir(parents=True, exist_ok=True)
@@ -133,8 +136,10 @@ def find_raw_files(data_dir: str | Path, system_dir: Path | None = None, downloa
                     folder.rmdir()
                 except OSError:
                     break
-    raise UserError(f"Fashion-MNIST files not found ({', '.join(missing)} missing in {raw}){failed}; "
-                    + HOW_TO_GET.format(raw=raw, sys=system_dir))
+    raise UserError(
+        f"Fashion-MNIST files not found ({', '.join(missing)} missing in {raw}){failed}; "
+        + HOW_TO_GET.format(raw=raw, sys=system_dir)
+    )
 
 
 def check_idx_file(path: Path, kind: str, shape: tuple[int, ...] = ()) -> int:
@@ -157,13 +162,17 @@ def check_idx_file(path: Path, kind: str, shape: tuple[int, ...] = ()) -> int:
         raise UserError(f"{path} is truncated ({size} bytes, shorter than an IDX header); {fix}")
     magic, count, *dims = struct.unpack(f">{1 + ndim}I", header)
     if magic != _IDX_MAGIC[kind]:
-        raise UserError(f"{path} has magic number {magic:#010x}, expected {_IDX_MAGIC[kind]:#010x} "
-                        f"(IDX {kind} of unsigned bytes); is it the right file? {fix}")
+        raise UserError(
+            f"{path} has magic number {magic:#010x}, expected {_IDX_MAGIC[kind]:#010x} "
+            f"(IDX {kind} of unsigned bytes); is it the right file? {fix}"
+        )
     if tuple(dims) != shape:
         raise UserError(f"{path} holds {kind} of shape {tuple(dims)}, expected {shape}; {fix}")
     if count > MAX_ITEMS:
-        raise UserError(f"{path} claims {count} {kind}, more than the {MAX_ITEMS} this tool loads into memory "
-                        f"(Fashion-MNIST has 60000); {fix}")
+        raise UserError(
+            f"{path} claims {count} {kind}, more than the {MAX_ITEMS} this tool loads into memory "
+            f"(Fashion-MNIST has 60000); {fix}"
+        )
     expected = len(header) + count * math.prod(shape)
     if size != expected:
         raise UserError(f"{path} is truncated or padded: {size} bytes, its header promises {expected}; {fix}")
@@ -190,13 +199,17 @@ def load_split(data_dir: str | Path, split: str) -> tuple[Tensor, Tensor]:
         check_regular_file(f)
     images, labels = read_idx(img_file, "images", (28, 28)), read_idx(lbl_file, "labels").long()
     if len(images) != len(labels):
-        raise UserError(f"{img_file} has {len(images)} images but {lbl_file} has {len(labels)} labels; the files "
-                        f"are from different sets: replace both with a matching pair")
+        raise UserError(
+            f"{img_file} has {len(images)} images but {lbl_file} has {len(labels)} labels; the files "
+            f"are from different sets: replace both with a matching pair"
+        )
     if len(labels) == 0:
-        raise UserError(f"{img_file} holds 0 images; the {split} split needs at least one: replace it with the "
-                        f"Fashion-MNIST file")
+        raise UserError(
+            f"{img_file} holds 0 images; the {split} split needs at least one: replace it with the Fashion-MNIST file"
+        )
     if labels.max() > 9:  # uint8: never negative
         bad = int((labels > 9).nonzero()[0])
-        raise UserError(f"{lbl_file} has label {int(labels[bad])} at index {bad}, outside 0-9; replace it with a "
-                        f"good copy")
+        raise UserError(
+            f"{lbl_file} has label {int(labels[bad])} at index {bad}, outside 0-9; replace it with a good copy"
+        )
     return images, labels

@@ -13,7 +13,7 @@ import io
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -77,15 +77,17 @@ def confusion_image(matrix: Tensor, scale: int = 12) -> Tensor:
     return torch.stack([1 - 0.9 * big, 1 - 0.6 * big, 1 - 0.2 * big])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font_for(labels: str) -> tuple[str, str | None]:
     """``(labels, font family)`` actually usable: ``zh`` falls back to English (one warning) without a CJK font."""
     if labels != "zh":
         return "en", None
     from matplotlib import font_manager
 
-    cjk = sorted({f.name for f in font_manager.fontManager.ttflist if "CJK" in f.name},
-                 key=lambda name: ("Sans" not in name, "SC" not in name, name))  # prefer a sans-serif face
+    cjk = sorted(
+        {f.name for f in font_manager.fontManager.ttflist if "CJK" in f.name},
+        key=lambda name: ("Sans" not in name, "SC" not in name, name),
+    )  # prefer a sans-serif face
     if cjk:
         return "zh", cjk[0]
     log.warning("no CJK font found (install fonts-noto-cjk): figure labels fall back to English")
@@ -131,18 +133,19 @@ class CurvesPlot:
         """``val_label`` names the ``val_acc`` curve: "test acc" when validation is the test split (the default data
         module's, and the chapter's name for that curve)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-
         from matplotlib.figure import Figure
 
         self.fig = Figure(figsize=(4.5, 3.2))
         self.canvas = FigureCanvasAgg(self.fig)
         self.ax = self.fig.subplots()
         labels = {"val_acc": val_label}
-        self.lines = [self.ax.plot([], [], fmt, label=labels.get(key, label), animated=True)[0]
-                      for key, label, fmt in self.SERIES]
+        self.lines = [
+            self.ax.plot([], [], fmt, label=labels.get(key, label), animated=True)[0] for key, label, fmt in self.SERIES
+        ]
         self.ax.set(xlabel="epoch", xlim=(1, max(2, max_epochs)), ylim=(0.0, 1.0))
-        self.ax.legend(handles=self.lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
-                       fontsize=9)  # above the axes; its keys are copies, not animated: drawn once, in the background
+        self.ax.legend(
+            handles=self.lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9
+        )  # above the axes; its keys are copies, not animated: drawn once, in the background
         self.ax.grid(True)
         self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.88)
         self._background = None
@@ -193,18 +196,23 @@ def _mosaic_axes(fig, images: Tensor, nrow: int, gap: int, cmap: str, **imshow) 
     return ax, anchors
 
 
-def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str = "en",
-                     probs: Tensor | None = None):
+def plot_predictions(images: Tensor, trues: Tensor, preds: Tensor, labels: str = "en", probs: Tensor | None = None):
     """``predict_ch3``'s grid: 2 rows, each image titled true over predicted; wrong predictions in red."""
     n = len(images)
     with new_figure((1.05 * max(2, -(-n // 2)), 3.4), labels) as (fig, names):
-        ax, anchors = _mosaic_axes(fig, images.detach().float().cpu().reshape(-1, 28, 28), nrow=2, gap=14,
-                                   cmap="gray")
+        ax, anchors = _mosaic_axes(fig, images.detach().float().cpu().reshape(-1, 28, 28), nrow=2, gap=14, cmap="gray")
         for i, (x, y) in enumerate(anchors):
             t, p = int(trues[i]), int(preds[i])
             extra = f" {float(probs[i]):.0%}" if probs is not None else ""
-            ax.text(x, y, f"{names[t]}\n{names[p]}{extra}", ha="center", va="bottom", fontsize=8,
-                    color="black" if t == p else "red")
+            ax.text(
+                x,
+                y,
+                f"{names[t]}\n{names[p]}{extra}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="black" if t == p else "red",
+            )
         fig.suptitle("true / predicted (red: wrong)", fontsize=9)
     return fig
 
@@ -230,8 +238,15 @@ def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation 
         ax.imshow(m.numpy(), cmap="Blues")
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > thresh else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(m[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if m[i, j] > thresh else "black",
+                )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set(xlabel="predicted", ylabel="true", title=title)
@@ -243,7 +258,7 @@ def plot_confusion(matrix: Tensor, labels: str = "en", title: str = "validation 
 TEXT = {  # the figures' words, in the language of their class names
     "en": {
         "explain": "Why this prediction? Evidence = pixel × the class's weight (red: for the class, blue: against);"
-                   "\neach map summed, plus b, is the class's logit",
+        "\neach map summed, plus b, is the class's logit",
         "input": "the 28×28 input\nthe model saw",
         "evidence": "evidence for the 3 most probable classes",
         "probs": "softmax probabilities",
@@ -259,7 +274,7 @@ TEXT = {  # the figures' words, in the language of their class names
     },
     "zh": {
         "explain": "为什么这样预测？证据 = 像素 × 该类别的权重（红：支持该类别，蓝：反对）；"
-                   "\n每张图求和再加上 b，就是该类别的 logit",
+        "\n每张图求和再加上 b，就是该类别的 logit",
         "input": "模型看到的\n28×28 输入",
         "evidence": "概率最高的 3 个类别的证据",
         "probs": "softmax 概率",
@@ -281,8 +296,15 @@ def figure_language(labels: str) -> str:
     return _font_for(labels)[0]
 
 
-def plot_explain(images: Tensor, logits: Tensor, evidence: Tensor, labels: str = "en",
-                 captions: Sequence[str] | None = None, trues: Tensor | None = None, top: int = 3):
+def plot_explain(
+    images: Tensor,
+    logits: Tensor,
+    evidence: Tensor,
+    labels: str = "en",
+    captions: Sequence[str] | None = None,
+    trues: Tensor | None = None,
+    top: int = 3,
+):
     """One row per image: the image, the evidence maps of its ``top`` most probable classes on one symmetric colour
     scale, and its softmax probabilities as bars.
 
@@ -303,9 +325,17 @@ def plot_explain(images: Tensor, logits: Tensor, evidence: Tensor, labels: str =
     head, row = 1.2, 1.95  # inches: the titles above the first row's titles, each row (its map titles included)
     height = head + row * n + 0.2
     with new_figure((10.6, height), labels) as (fig, names):
-        grid = fig.add_gridspec(n, top + 4, width_ratios=[1] * (top + 1) + [0.06, 0.62, 1.3], wspace=0.3,
-                                hspace=0.62, left=0.02, right=0.98, top=1 - head / height,
-                                bottom=0.35 / height)
+        grid = fig.add_gridspec(
+            n,
+            top + 4,
+            width_ratios=[1] * (top + 1) + [0.06, 0.62, 1.3],
+            wspace=0.3,
+            hspace=0.62,
+            left=0.02,
+            right=0.98,
+            top=1 - head / height,
+            bottom=0.35 / height,
+        )
         for i in range(n):
             caption = captions[i] if captions is not None else text["test_image"].format(i)
             if trues is not None:
@@ -319,8 +349,10 @@ def plot_explain(images: Tensor, logits: Tensor, evidence: Tensor, labels: str =
             for r, k in enumerate(ranked):
                 ax = fig.add_subplot(grid[i, r + 1])
                 im = ax.imshow(ev[i, k].numpy(), cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
-                ax.set_title(text["map"].format(rank=r + 1, name=names[k], logit=float(z[i, k]), p=float(probs[i, k])),
-                             fontsize=9)
+                ax.set_title(
+                    text["map"].format(rank=r + 1, name=names[k], logit=float(z[i, k]), p=float(probs[i, k])),
+                    fontsize=9,
+                )
                 ax.set_xticks([]), ax.set_yticks([])
             cbar = fig.colorbar(im, cax=fig.add_subplot(grid[i, top + 1]))
             cbar.ax.tick_params(labelsize=7)
@@ -347,13 +379,22 @@ def plot_explain(images: Tensor, logits: Tensor, evidence: Tensor, labels: str =
 def _column_headings(fig, grid, top: int, text: dict[str, str], y: float) -> None:
     """Headings above ``plot_explain``'s columns: input, evidence maps, probabilities (figure coordinates)."""
     boxes = [grid[0, c].get_position(fig) for c in range(top + 4)]
-    for (x0, x1), key in (((boxes[0].x0, boxes[0].x1), "input"), ((boxes[1].x0, boxes[top].x1), "evidence"),
-                          ((boxes[top + 2].x0, boxes[top + 3].x1), "probs")):
+    for (x0, x1), key in (
+        ((boxes[0].x0, boxes[0].x1), "input"),
+        ((boxes[1].x0, boxes[top].x1), "evidence"),
+        ((boxes[top + 2].x0, boxes[top + 3].x1), "probs"),
+    ):
         fig.text((x0 + x1) / 2, y, text[key], ha="center", va="bottom", fontsize=9, fontweight="bold")
 
 
-def plot_confusions(W: Tensor, pairs: Sequence[tuple[int, int]], examples: dict[tuple[int, int], Tensor],
-                    labels: str = "en", matrix: Tensor | None = None, per_direction: int = 4):
+def plot_confusions(
+    W: Tensor,
+    pairs: Sequence[tuple[int, int]],
+    examples: dict[tuple[int, int], Tensor],
+    labels: str = "en",
+    matrix: Tensor | None = None,
+    per_direction: int = 4,
+):
     """For each pair ``(a, b)``: the difference template ``W[:, a] - W[:, b]`` (red: pixels that favour ``a``, blue:
     ``b``; symmetric colour scale) beside a few validation images of ``a`` predicted as ``b``, and of ``b`` as ``a``.
 
@@ -372,8 +413,17 @@ def plot_confusions(W: Tensor, pairs: Sequence[tuple[int, int]], examples: dict[
         title, *rows = fig.subfigures(1 + len(pairs), 1, height_ratios=[head] + [row] * len(pairs), squeeze=False)[:, 0]
         title.suptitle(text["confusions"], fontsize=11, y=0.5, va="center")
         for sub, (a, b) in zip(rows, pairs):
-            grid = sub.add_gridspec(2, per_direction + 2, width_ratios=[1.15, 1.15] + [1] * per_direction, left=0.03,
-                                    right=0.99, top=0.9, bottom=0.14, hspace=0.35, wspace=0.1)
+            grid = sub.add_gridspec(
+                2,
+                per_direction + 2,
+                width_ratios=[1.15, 1.15] + [1] * per_direction,
+                left=0.03,
+                right=0.99,
+                top=0.9,
+                bottom=0.14,
+                hspace=0.35,
+                wspace=0.1,
+            )
             diff = (w[:, a] - w[:, b]).reshape(side, side)  # (784,) -> (28, 28)
             lim = float(diff.abs().max()) or 1.0  # symmetric: white is 0, no preference
             ax = sub.add_subplot(grid[:, :2])

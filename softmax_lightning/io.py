@@ -74,19 +74,22 @@ def check_regular_file(path: Path, fix: str | None = None) -> bool:
     try:
         mode = os.stat(path).st_mode  # follows links
     except OSError:
-        raise UserError(f"{path} is a broken link; {fix or 'point it at the IDX file (this tool never replaces it)'}") \
-            from None
+        raise UserError(
+            f"{path} is a broken link; {fix or 'point it at the IDX file (this tool never replaces it)'}"
+        ) from None
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise UserError(f"{path} is {kind}, not a regular file; "
-                        f"{fix or 'put the IDX file there instead (this tool never replaces it)'}")
+        raise UserError(
+            f"{path} is {kind}, not a regular file; "
+            f"{fix or 'put the IDX file there instead (this tool never replaces it)'}"
+        )
     return True
 
 
 def shown(path: str | Path, limit: int = 80) -> str:
     """``path`` for a message: as it is, or its start and end around an ellipsis when longer than ``limit``."""
     text = str(path)
-    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 4):]} ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 4) :]} ({len(text)} characters)"
 
 
 def check_path(path: str | Path, flag: str, what: str = "path") -> Path:
@@ -117,9 +120,13 @@ def check_path(path: str | Path, flag: str, what: str = "path") -> Path:
 def write_error(path: str | Path, e: OSError) -> UserError:
     """One line for a failed write: where, why, and how to fix it (never "delete your data")."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"no space left on the device while writing {path}: nothing was overwritten; pick a folder "
-                         f"on a disk with room and run again")
-    return UserError(f"cannot write {path}: {e.strerror or e}; make {Path(path).parent} writable or pick another folder")
+        return UserError(
+            f"no space left on the device while writing {path}: nothing was overwritten; pick a folder "
+            f"on a disk with room and run again"
+        )
+    return UserError(
+        f"cannot write {path}: {e.strerror or e}; make {Path(path).parent} writable or pick another folder"
+    )
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -166,15 +173,18 @@ def read_small_text(path: str | Path, what: str, flag: str, max_bytes: int = 1 <
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{what} {path} is not a regular file (a folder, FIFO or device); pass a file with {flag}")
     if st.st_size > max_bytes:
-        raise UserError(f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} this tool reads; "
-                        f"pass a smaller file with {flag}")
+        raise UserError(
+            f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} this tool reads; "
+            f"pass a smaller file with {flag}"
+        )
     try:
         return path.read_bytes()[: max_bytes + 1].decode("utf-8")
     except OSError as e:
         raise UserError(f"{what} {path}: {e.strerror}; pass a readable file with {flag}") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as plain text and pass it with "
-                        f"{flag}") from None
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}); save it as plain text and pass it with {flag}"
+        ) from None
 
 
 def exit_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
@@ -187,6 +197,7 @@ def exit_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
     stdout at ``os.devnull`` so that nothing is left to flush. 141 is 128 + SIGPIPE, the status a shell shows for a
     process that SIGPIPE ended (``cat``, ``grep``).
     """
+
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
@@ -202,4 +213,5 @@ def exit_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
             except (OSError, ValueError):  # stdout is no file descriptor (captured in a test): nothing to flush
                 pass
             return BROKEN_PIPE_STATUS
+
     return wrapper

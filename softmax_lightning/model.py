@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from softmax_lightning.functional import cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from softmax_lightning.errors import UserError
+from softmax_lightning.functional import cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from softmax_lightning.optim import ChapterSGD
 
 STAGES = ("train", "val", "test")
@@ -144,13 +144,17 @@ class SoftmaxRegression(L.LightningModule):
         grads_finite = all(math.isfinite(g) for g in grad_max)
         diverged = not math.isfinite(loss) or loss > DIVERGED or not grads_finite
         if self.trainer.strategy.reduce_boolean_decision(diverged, all=False):
-            what = f"the mean loss became {loss:.4g}" if grads_finite or not math.isfinite(loss) else \
-                f"the gradient is not finite (the mean loss is still {loss:.4g})"
+            what = (
+                f"the mean loss became {loss:.4g}"
+                if grads_finite or not math.isfinite(loss)
+                else f"the gradient is not finite (the mean loss is still {loss:.4g})"
+            )
             raise NonFiniteLossError(
                 f"training diverged: {what} at epoch {self.current_epoch}, step {self.global_step}; this step was not "
                 f"applied, so the weights and the last checkpoint (if any) are as before it. Try --model.softmax "
                 f"stable and/or a smaller --model.lr (now {self.hparams.lr:g}) or --model.init_std (now "
-                f"{self.hparams.init_std:g})")
+                f"{self.hparams.init_std:g})"
+            )
 
     def _update_metrics(self, stage: str, l: Tensor, logits: Tensor, y: Tensor) -> None:
         """Feed one batch to the stage's metric objects (the chapter's ``metric.add(l.sum(), accuracy, y.numel())``)."""
@@ -214,10 +218,12 @@ class SoftmaxRegression(L.LightningModule):
             raise UserError(
                 f"precision {self.trainer.precision!r} keeps W and b in {str(self.W.dtype).removeprefix('torch.')}, "
                 f"where the SGD update lr * grad / batch_size (about 1e-5) rounds away; use --trainer.precision "
-                f"bf16-mixed or 16-mixed (float32 weights, half-precision arithmetic) or 32-true")
+                f"bf16-mixed or 16-mixed (float32 weights, half-precision arithmetic) or 32-true"
+            )
         hp = self.hparams
-        opt = ChapterSGD([self.W, self.b], lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
-                         weight_decay=hp.weight_decay)
+        opt = ChapterSGD(
+            [self.W, self.b], lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+        )
         if hp.lr_schedule == "constant":
             return opt
         if self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):

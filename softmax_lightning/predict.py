@@ -32,9 +32,9 @@ from torch import Tensor
 
 from softmax_lightning.checkpoint import newest_checkpoint, read_checkpoint, run_folder_of
 from softmax_lightning.data import class_names
-from softmax_lightning.fashion_mnist import find_raw_files, load_split
 from softmax_lightning.decisions import ABSTAIN, check_abstain_cost, decide, load_cost_matrix, parse_prior, shift_prior
 from softmax_lightning.errors import UserError, one_line
+from softmax_lightning.fashion_mnist import find_raw_files, load_split
 from softmax_lightning.functional import evidence
 from softmax_lightning.io import check_path, check_regular_file, exit_quietly_on_broken_pipe, write_error
 from softmax_lightning.model import SoftmaxRegression
@@ -47,21 +47,24 @@ GRID_MAX = 32  # predictions.png shows at most this many images (the chapter's g
 EXPLAIN_ROWS, MAX_EXPLAIN_ROWS = 8, 32  # explain.png: rows by default, and at most
 
 
-def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> tuple[SoftmaxRegression, tuple[float, float] | None]:
+def load_checkpoint(
+    path: str | Path, flag: str = "--ckpt_path"
+) -> tuple[SoftmaxRegression, tuple[float, float] | None]:
     """The trained model and the input standardisation it was trained with (``None``: raw [0, 1] pixels)."""
     ckpt = read_checkpoint(path, flag)
     W = ckpt["state_dict"]["W"]
     if W.shape != (28 * 28, len(class_names())):
-        raise UserError(f"checkpoint {path} holds a {tuple(W.shape)} W; this tool needs 784 inputs (28x28 images) "
-                        f"and 10 Fashion-MNIST classes")
+        raise UserError(
+            f"checkpoint {path} holds a {tuple(W.shape)} W; this tool needs 784 inputs (28x28 images) "
+            f"and 10 Fashion-MNIST classes"
+        )
     hparams = ckpt.get("hyper_parameters") or {}
     known = inspect.signature(SoftmaxRegression).parameters  # LightningCLI adds keys such as _instantiator
     try:
         model = SoftmaxRegression(**{k: v for k, v in hparams.items() if k in known})
         model.load_state_dict({k: ckpt["state_dict"][k] for k in ("W", "b")}, strict=False)  # (not the metrics)
     except (TypeError, RuntimeError, UserError) as e:
-        raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({one_line(e, 200)})") \
-            from None
+        raise UserError(f"checkpoint {path} does not fit SoftmaxRegression ({one_line(e, 200)})") from None
     model.eval()
     stats = (ckpt.get("FashionMNISTDataModule") or {}).get("input_stats")
     if stats is None:
@@ -71,8 +74,10 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> tuple[Softma
     except (TypeError, ValueError):
         mean = std = float("nan")
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-        raise UserError(f"checkpoint {path} holds bad input statistics {stats!r} (a finite mean and a positive std "
-                        f"are needed); pass {flag} with a .ckpt written by scripts/train.py")
+        raise UserError(
+            f"checkpoint {path} holds bad input statistics {stats!r} (a finite mean and a positive std "
+            f"are needed); pass {flag} with a .ckpt written by scripts/train.py"
+        )
     return model, (mean, std)
 
 
@@ -113,15 +118,18 @@ def load_photo(path: str | Path, invert: bool | None = None) -> Photo:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # both are over MAX_PIXELS, refused here
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise UserError(f"{path} is {im.width}x{im.height} pixels, more than the {MAX_PIXELS} this tool "
-                                    f"decodes; pass a smaller image")
+                    raise UserError(
+                        f"{path} is {im.width}x{im.height} pixels, more than the {MAX_PIXELS} this tool "
+                        f"decodes; pass a smaller image"
+                    )
                 px = _grayscale(ImageOps.exif_transpose(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"{path} is too large to decode ({one_line(e, 120)}); this tool decodes at most "
-                        f"{MAX_PIXELS} pixels: pass a smaller image") from None
+        raise UserError(
+            f"{path} is too large to decode ({one_line(e, 120)}); this tool decodes at most "
+            f"{MAX_PIXELS} pixels: pass a smaller image"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable image ({one_line(e, 120)}); pass a PNG or JPEG "
-                        f"file") from None
+        raise UserError(f"{path} is not a readable image ({one_line(e, 120)}); pass a PNG or JPEG file") from None
     background = float(np.median(np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])))  # the photo's border
     inverted = background > LIGHT_BACKGROUND if invert is None else invert
     if inverted:
@@ -156,48 +164,93 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(description="Classify Fashion-MNIST test images or image files with a checkpoint.")
-    p.add_argument("images", nargs="*", help="PNG/JPEG files to classify (default: the first --n test images); crop "
-                                             "each so that the garment fills it, as in Fashion-MNIST")
-    p.add_argument("--ckpt_path", "--ckpt", dest="ckpt_path",
-                   help="checkpoint, or 'last' (the default): the newest lightning_logs/version_*/checkpoints/last.ckpt "
-                        "under --root_dir")
-    p.add_argument("--root_dir", default=".", help="the folder holding lightning_logs/ (train.py's "
-                                                   "--trainer.default_root_dir)")
-    p.add_argument("--data.data_dir", "--data_dir", dest="data_dir", default="data",
-                   help="folder holding FashionMNIST/raw/ (as train.py's --data.data_dir)")
-    p.add_argument("--n", type=int, help=f"how many test images, 1..{MAX_TEST_IMAGES} (default {TEST_IMAGES}, as the "
-                                         f"chapter)")
-    p.add_argument("--invert", action=argparse.BooleanOptionalAction,
-                   help="image files only. Fashion-MNIST is light clothes on black, so by default a photo with a light "
-                        "background (the median of its border) is inverted; --invert always inverts, --no-invert "
-                        "never does")
-    p.add_argument("--labels", choices=("en", "zh"), default="en", help="class names (and figure titles) in English "
-                                                                          "or the chapter's Chinese")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object on stdout (checkpoint, predictions with per-class logits, files "
-                        "written) and nothing on stderr")
-    p.add_argument("--out", help="prediction grid PNG (default: <run folder>/predict/predictions.png); explain.png "
-                                 "goes beside it")
-    p.add_argument("--explain", action="store_true",
-                   help="also write explain.png: per image, the evidence maps (pixel x weight) of its 3 most probable "
-                        "classes and its probabilities")
-    p.add_argument("--explain-rows", type=int,
-                   help=f"how many images explain.png shows (the first ones), 1..{MAX_EXPLAIN_ROWS} (default "
-                        f"{EXPLAIN_ROWS})")
-    p.add_argument("--cost-matrix", metavar="FILE",
-                   help="10x10 costs, rows true class, columns predicted, all >= 0: predict the class of least "
-                        "expected cost (the Bayes rule)")
-    p.add_argument("--abstain-cost", type=float, metavar="C",
-                   help="the cost of abstaining (handing the image to a person): abstain where every class's expected "
-                        "cost is higher; without --cost-matrix a mistake costs 1, so this abstains where the top "
-                        "probability < 1 - C (Chow's rule)")
-    p.add_argument("--reject-below", type=float, metavar="TAU",
-                   help="Chow's rule by its threshold: abstain where the top probability < TAU (the same as "
-                        "--abstain-cost 1-TAU; not with --cost-matrix)")
-    p.add_argument("--prior", metavar="P",
-                   help="class frequencies where the model is used, 10 positive numbers in class order, e.g. "
-                        "1,1,1,1,1,1,3,1,1,1: probabilities are corrected from the training split's (uniform) "
-                        "frequencies before any rule")
+    p.add_argument(
+        "images",
+        nargs="*",
+        help="PNG/JPEG files to classify (default: the first --n test images); crop "
+        "each so that the garment fills it, as in Fashion-MNIST",
+    )
+    p.add_argument(
+        "--ckpt_path",
+        "--ckpt",
+        dest="ckpt_path",
+        help="checkpoint, or 'last' (the default): the newest lightning_logs/version_*/checkpoints/last.ckpt "
+        "under --root_dir",
+    )
+    p.add_argument(
+        "--root_dir", default=".", help="the folder holding lightning_logs/ (train.py's --trainer.default_root_dir)"
+    )
+    p.add_argument(
+        "--data.data_dir",
+        "--data_dir",
+        dest="data_dir",
+        default="data",
+        help="folder holding FashionMNIST/raw/ (as train.py's --data.data_dir)",
+    )
+    p.add_argument(
+        "--n", type=int, help=f"how many test images, 1..{MAX_TEST_IMAGES} (default {TEST_IMAGES}, as the chapter)"
+    )
+    p.add_argument(
+        "--invert",
+        action=argparse.BooleanOptionalAction,
+        help="image files only. Fashion-MNIST is light clothes on black, so by default a photo with a light "
+        "background (the median of its border) is inverted; --invert always inverts, --no-invert "
+        "never does",
+    )
+    p.add_argument(
+        "--labels",
+        choices=("en", "zh"),
+        default="en",
+        help="class names (and figure titles) in English or the chapter's Chinese",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (checkpoint, predictions with per-class logits, files "
+        "written) and nothing on stderr",
+    )
+    p.add_argument(
+        "--out", help="prediction grid PNG (default: <run folder>/predict/predictions.png); explain.png goes beside it"
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write explain.png: per image, the evidence maps (pixel x weight) of its 3 most probable "
+        "classes and its probabilities",
+    )
+    p.add_argument(
+        "--explain-rows",
+        type=int,
+        help=f"how many images explain.png shows (the first ones), 1..{MAX_EXPLAIN_ROWS} (default {EXPLAIN_ROWS})",
+    )
+    p.add_argument(
+        "--cost-matrix",
+        metavar="FILE",
+        help="10x10 costs, rows true class, columns predicted, all >= 0: predict the class of least "
+        "expected cost (the Bayes rule)",
+    )
+    p.add_argument(
+        "--abstain-cost",
+        type=float,
+        metavar="C",
+        help="the cost of abstaining (handing the image to a person): abstain where every class's expected "
+        "cost is higher; without --cost-matrix a mistake costs 1, so this abstains where the top "
+        "probability < 1 - C (Chow's rule)",
+    )
+    p.add_argument(
+        "--reject-below",
+        type=float,
+        metavar="TAU",
+        help="Chow's rule by its threshold: abstain where the top probability < TAU (the same as "
+        "--abstain-cost 1-TAU; not with --cost-matrix)",
+    )
+    p.add_argument(
+        "--prior",
+        metavar="P",
+        help="class frequencies where the model is used, 10 positive numbers in class order, e.g. "
+        "1,1,1,1,1,1,3,1,1,1: probabilities are corrected from the training split's (uniform) "
+        "frequencies before any rule",
+    )
     return p
 
 
@@ -208,23 +261,30 @@ def _check_writable(path: Path, flag: str) -> None:
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name the PNG file to write")
     if os.path.lexists(path) and not path.is_file():  # /dev/null, a FIFO: never replaced by a PNG
-        raise UserError(f"{flag} {path} is not a regular file (a device, FIFO, socket or broken link); name the PNG "
-                        f"file to write")
+        raise UserError(
+            f"{flag} {path} is not a regular file (a device, FIFO, socket or broken link); name the PNG file to write"
+        )
     folder = path.parent
     while not os.path.lexists(folder):
         folder = folder.parent
     if not folder.is_dir():
         raise UserError(f"cannot write {path}: {folder} is a file, not a folder; pass {flag} with another path")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {path}: the folder {folder} is not writable; pass {flag} with a path in a "
-                        f"writable folder")
+        raise UserError(
+            f"cannot write {path}: the folder {folder} is not writable; pass {flag} with a path in a writable folder"
+        )
 
 
 def check_options(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
     """Check every option before anything is loaded; return ``(checkpoint, grid PNG, explain PNG)`` to use (the
     PNGs: ``None`` when not written)."""
-    for flag, value in (("--ckpt_path", args.ckpt_path), ("--root_dir", args.root_dir),
-                        ("--data.data_dir", args.data_dir), ("--out", args.out), ("--cost-matrix", args.cost_matrix)):
+    for flag, value in (
+        ("--ckpt_path", args.ckpt_path),
+        ("--root_dir", args.root_dir),
+        ("--data.data_dir", args.data_dir),
+        ("--out", args.out),
+        ("--cost-matrix", args.cost_matrix),
+    ):
         if value is not None:
             check_path(value, flag)  # not empty, not too long for the system
     if any(not p.strip() for p in args.images):
@@ -248,21 +308,25 @@ def check_options(args: argparse.Namespace) -> tuple[Path, Path | None, Path | N
         if not 0 <= args.reject_below <= 1:
             raise UserError(f"--reject-below must be in [0, 1], got {args.reject_below}")
         if args.cost_matrix or args.abstain_cost is not None:
-            raise UserError("--reject-below TAU is Chow's rule for 0/1 costs (the same as --abstain-cost 1-TAU); "
-                            "pass only one of them, and with --cost-matrix use --abstain-cost")
+            raise UserError(
+                "--reject-below TAU is Chow's rule for 0/1 costs (the same as --abstain-cost 1-TAU); "
+                "pass only one of them, and with --cost-matrix use --abstain-cost"
+            )
         args.abstain_cost = 1.0 - args.reject_below
     args.prior = parse_prior(args.prior) if args.prior is not None else None
     args.cost_matrix = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     if args.images and args.out and not args.explain:
-        raise UserError("--out names the prediction grid, drawn for test images only; with image files, add "
-                        "--explain (explain.png goes beside --out) or drop --out")
+        raise UserError(
+            "--out names the prediction grid, drawn for test images only; with image files, add "
+            "--explain (explain.png goes beside --out) or drop --out"
+        )
     out = Path(args.out) if args.out else None
     if out is not None and args.explain and out.name == "explain.png":
         raise UserError(f"--out {out} is where --explain writes explain.png; name the grid differently")
     # "last": the newest run's last.ckpt, as train.py's --ckpt_path last (found by name only: nothing loaded yet)
     ckpt = newest_checkpoint(args.root_dir) if args.ckpt_path in (None, "last") else Path(args.ckpt_path)
     if out is None:  # beside the run's files: <run>/predict/ (a checkpoint outside a run folder: beside it)
-        out = ((run_folder_of(ckpt) or ckpt.resolve().parent) / "predict" / "predictions.png")
+        out = (run_folder_of(ckpt) or ckpt.resolve().parent) / "predict" / "predictions.png"
     grid = None if args.images else out
     explain = out.with_name("explain.png") if args.explain else None
     for path in (grid, explain):
@@ -306,8 +370,10 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         logits = model.logits(Xs)  # (n, 10)
         probs = model(Xs)  # (n, 10)
     if not (torch.isfinite(probs).all() and torch.isfinite(logits).all()):  # never print nan (and invalid JSON)
-        raise UserError(f"checkpoint {ckpt} gives non-finite probabilities (its weights are too large: training "
-                        f"diverged); pass --ckpt_path with an earlier checkpoint")
+        raise UserError(
+            f"checkpoint {ckpt} gives non-finite probabilities (its weights are too large: training "
+            f"diverged); pass --ckpt_path with an earlier checkpoint"
+        )
     if args.prior is not None:
         probs = shift_prior(probs, args.prior)  # the deployment's class frequencies; the training split's are uniform
     preds = decide(probs, args.cost_matrix, args.abstain_cost)
@@ -316,10 +382,13 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(len(X)):
         top = probs[i].topk(3)
         k = int(preds[i])
-        rec = {"image": args.images[i] if args.images else i, "predicted": name(k),  # p: of the class decided on
-               "probability": round(float(probs[i].max() if k == ABSTAIN else probs[i, k]), 4),
-               "top3": [{"class": names[int(k)], "probability": round(float(p), 4)} for p, k in zip(*top)],
-               "logits": {names[k]: round(float(v), 4) for k, v in enumerate(logits[i])}}
+        rec = {
+            "image": args.images[i] if args.images else i,
+            "predicted": name(k),  # p: of the class decided on
+            "probability": round(float(probs[i].max() if k == ABSTAIN else probs[i, k]), 4),
+            "top3": [{"class": names[int(k)], "probability": round(float(p), 4)} for p, k in zip(*top)],
+            "logits": {names[k]: round(float(v), 4) for k, v in enumerate(logits[i])},
+        }
         if y is not None:
             rec["true"] = names[int(y[i])]
         if photos:
@@ -343,18 +412,22 @@ def _draw(args, X, y, preds, probs, logits, W, Xs, photos, grid_png, explain_png
     written = {}
     if grid_png is not None:
         k = min(len(X), GRID_MAX)
-        _save(figures.plot_predictions(X[:k], y[:k], preds[:k].clamp_min(0), args.labels, probs[:k].max(1).values),
-              grid_png)
+        _save(
+            figures.plot_predictions(X[:k], y[:k], preds[:k].clamp_min(0), args.labels, probs[:k].max(1).values),
+            grid_png,
+        )
         written["predictions"] = grid_png
     if explain_png is not None:
         k = min(len(X), args.explain_rows or EXPLAIN_ROWS)
         captions = None
         if photos:
             inverted = figures.TEXT[figures.figure_language(args.labels)]["inverted"]
-            captions = [_short(Path(p).name) + (f"\n{inverted}" if ph.inverted else "")
-                        for p, ph in zip(args.images, photos)]
-        fig = figures.plot_explain(X[:k], logits[:k], evidence(Xs[:k], W), args.labels, captions=captions,
-                                   trues=None if y is None else y[:k])
+            captions = [
+                _short(Path(p).name) + (f"\n{inverted}" if ph.inverted else "") for p, ph in zip(args.images, photos)
+            ]
+        fig = figures.plot_explain(
+            X[:k], logits[:k], evidence(Xs[:k], W), args.labels, captions=captions, trues=None if y is None else y[:k]
+        )
         _save(fig, explain_png)
         written["explain"] = explain_png
     return written
@@ -380,8 +453,11 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
         if ph.inverted and args.invert:
             print(f"note: {path}: inverted (--invert)", file=sys.stderr)
         elif ph.inverted:
-            print(f"note: {path}: light background (border median {ph.background:.2f}): inverted to light on dark, "
-                  f"as Fashion-MNIST's images are (--no-invert keeps it as it is)", file=sys.stderr)
+            print(
+                f"note: {path}: light background (border median {ph.background:.2f}): inverted to light on dark, "
+                f"as Fashion-MNIST's images are (--no-invert keeps it as it is)",
+                file=sys.stderr,
+            )
     sys.stderr.flush()
     names = [*class_names(args.labels), "(abstain)"]
     w = max(display_width(n) for n in names) + 1  # one column width for every class name
@@ -390,8 +466,11 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
         heads = "".join(pad(h, w) + f"{'p':>6}  " for h in ("top 1", "top 2", "top 3"))
         print((pad("image", iw) + "  " + heads).rstrip())
         for r in records:
-            print(pad(str(r["image"]), iw) + "  " +
-                  "".join(pad(t["class"], w) + f"{t['probability']:6.3f}  " for t in r["top3"]).rstrip())
+            print(
+                pad(str(r["image"]), iw)
+                + "  "
+                + "".join(pad(t["class"], w) + f"{t['probability']:6.3f}  " for t in r["top3"]).rstrip()
+            )
     else:
         print(f"{'#':>4}  {pad('true', w)} {pad('predicted', w)} {'p':>6}")
         for r in records:
@@ -402,13 +481,19 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
             print(f"all {len(records)} abstained: no accuracy to report")
         else:
             acc = sum(r["true"] == r["predicted"] for r in answered) / len(answered)
-            which = f"these {len(records)}" if len(answered) == len(records) else \
-                f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
+            which = (
+                f"these {len(records)}"
+                if len(answered) == len(records)
+                else f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
+            )
             print(f"accuracy on {which}: {acc:.3f}")
     sys.stdout.flush()  # before the notes below, so that they follow the table in a terminal
     for key, path in report.get("figures", {}).items():
-        extra = f" (the first {min(len(records), GRID_MAX)} images)" if key == "predictions" and \
-            len(records) > GRID_MAX else ""
+        extra = (
+            f" (the first {min(len(records), GRID_MAX)} images)"
+            if key == "predictions" and len(records) > GRID_MAX
+            else ""
+        )
         if key == "explain" and len(records) > (args.explain_rows or EXPLAIN_ROWS):
             extra = f" (the first {args.explain_rows or EXPLAIN_ROWS} images; --explain-rows shows more)"
         print(f"wrote {path}{extra}", file=sys.stderr)

@@ -24,7 +24,7 @@ class PeakRSS:
     process started (``ru_maxrss``), an upper bound. ``delta_mb`` is the rise over the RSS at entry.
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.start = (_status_kb("VmRSS") or 0) * 1024
         try:
             with open("/proc/self/clear_refs", "w") as f:

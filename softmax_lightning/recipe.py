@@ -34,10 +34,15 @@ def finish(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightning
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")})
     ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
     val_size = getattr(datamodule, "hparams", {}).get("val_size", 0)
-    metrics.update(epochs=trainer.current_epoch, global_step=trainer.global_step, world_size=trainer.world_size,
-                   validated_on="test split" if figs.val_name == "test" else f"{val_size} held-out images",
-                   train_seconds=round(sum(row.get("seconds", 0.0) for row in history), 3), checkpoint=ckpt or None,
-                   history=history)
+    metrics.update(
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        world_size=trainer.world_size,
+        validated_on="test split" if figs.val_name == "test" else f"{val_size} held-out images",
+        train_seconds=round(sum(row.get("seconds", 0.0) for row in history), 3),
+        checkpoint=ckpt or None,
+        history=history,
+    )
     run = run_folder(trainer)  # (every rank asks: log_dir broadcasts)
     run = here(run) if run is not None else None
     if not trainer.is_global_zero:

@@ -35,7 +35,7 @@ class Resume:
     run: Path | None  # the run folder it belongs to, if it sits in Lightning's layout
 
     @classmethod
-    def of(cls, path: Path, checkpoint: dict[str, Any]) -> "Resume":
+    def of(cls, path: Path, checkpoint: dict[str, Any]) -> Resume:
         return cls(path, checkpoint, run_folder_of(path))
 
     @property
@@ -52,14 +52,21 @@ class Resume:
     def refuse_changes(self, typed: dict[str, Any], data_too: bool) -> None:
         """Refuse typed ``model.*`` settings (and ``data.*`` ones, when training) that differ from the checkpoint's."""
         saved = self.saved
-        diffs = [f"{flag(key)} {value!r} (the checkpoint has {saved[group][name]!r})"
-                 for key, value in typed.items() for group, name in [key.split(".", 1)]
-                 if name in saved[group] and name not in UNCHECKED and saved[group][name] != value
-                 and (group == "model" or data_too)]
+        diffs = [
+            f"{flag(key)} {value!r} (the checkpoint has {saved[group][name]!r})"
+            for key, value in typed.items()
+            for group, name in [key.split(".", 1)]
+            if name in saved[group]
+            and name not in UNCHECKED
+            and saved[group][name] != value
+            and (group == "model" or data_too)
+        ]
         if diffs:
-            raise UserError(f"cannot use {self.path} with changed settings: {'; '.join(diffs)}. A run folder records "
-                            f"what it trained with: drop those options to use the checkpoint's, or start a new run "
-                            f"without --ckpt_path")
+            raise UserError(
+                f"cannot use {self.path} with changed settings: {'; '.join(diffs)}. A run folder records "
+                f"what it trained with: drop those options to use the checkpoint's, or start a new run "
+                f"without --ckpt_path"
+            )
 
     def apply(self, cfg, typed: dict[str, Any]) -> None:
         """Put the checkpoint's model and data settings into ``cfg`` wherever the user typed none."""
@@ -72,9 +79,11 @@ class Resume:
     def check_not_done(self, max_epochs: int | None, max_steps: int) -> None:
         """``NothingToDo`` when the run has trained as far as asked and holds all its outputs."""
         if self.run and finished(self.checkpoint, max_epochs, max_steps) and complete_outputs(self.run):
-            raise NothingToDo(f"run {self.run} is complete ({self.checkpoint.get('global_step')} steps, {max_epochs} "
-                              f"epochs asked): nothing left to train and every file is as it was. To train longer, "
-                              f"resume with a larger --trainer.max_epochs")
+            raise NothingToDo(
+                f"run {self.run} is complete ({self.checkpoint.get('global_step')} steps, {max_epochs} "
+                f"epochs asked): nothing left to train and every file is as it was. To train longer, "
+                f"resume with a larger --trainer.max_epochs"
+            )
 
 
 def flag(key: str) -> str:
@@ -84,7 +93,8 @@ def flag(key: str) -> str:
 
 def typed_settings(args: list[str], parsed, subcommand: str | None) -> dict[str, Any]:
     """The ``model.*`` / ``data.*`` settings typed in ``args`` (as options, or in a ``--config`` file already
-    vetted), with the values ``parsed`` (the parsed configuration) gives them; ``--seed_everything`` is ``data.seed``."""
+    vetted), with the values ``parsed`` (the parsed configuration) gives them; ``--seed_everything`` is
+    ``data.seed``."""
     names = set()
     for i, arg in enumerate(args):
         name = arg.split("=", 1)[0]

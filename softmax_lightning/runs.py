@@ -68,8 +68,10 @@ class RunFolder:
                 pid = f.read().strip() or "?"
         except OSError:
             return
-        raise UserError(f"run folder {run} is in use by process {pid} (it holds {run / cls.LOCK}); wait for that "
-                        f"run to end or stop it, then resume")
+        raise UserError(
+            f"run folder {run} is in use by process {pid} (it holds {run / cls.LOCK}); wait for that "
+            f"run to end or stop it, then resume"
+        )
 
     def create(self, logs: Path) -> int:
         """Make the next ``version_N`` under ``logs`` exclusively (two processes never get the same one); lock it."""
@@ -88,8 +90,10 @@ class RunFolder:
                     n += 1
         except OSError as e:
             self._remove_empty(made)
-            raise UserError(f"cannot create a run folder in {logs}: {e.strerror}; pass "
-                            f"--trainer.default_root_dir with a writable folder") from None
+            raise UserError(
+                f"cannot create a run folder in {logs}: {e.strerror}; pass "
+                f"--trainer.default_root_dir with a writable folder"
+            ) from None
         self.path, self.created, self.made = logs / f"version_{n}", True, made
         self.lock()
         return n
@@ -102,7 +106,7 @@ class RunFolder:
     def lock(self) -> None:
         lock = self.path / self.LOCK
         try:
-            f = open(lock, "a+")
+            f = open(lock, "a+")  # noqa: SIM115 (held open, and locked, for the whole run; closed when it ends)
         except OSError as e:
             raise write_error(lock, e) from None
         if not self._try_lock(f):
@@ -125,8 +129,11 @@ class RunFolder:
             self._lock_file.close()  # drops the flock
             self._lock_file = None
         if failed and self.created and self.path.is_dir():
-            kept = [p for p in self.path.rglob("*") if p.is_file() and p.name not in self.DEBRIS
-                    and not p.name.startswith("events.out.tfevents")]
+            kept = [
+                p
+                for p in self.path.rglob("*")
+                if p.is_file() and p.name not in self.DEBRIS and not p.name.startswith("events.out.tfevents")
+            ]
             if not kept:  # no checkpoint, figure or metrics: a start that failed before its first epoch ended
                 shutil.rmtree(self.path, ignore_errors=True)
                 self._remove_empty(self.made)  # (lightning_logs/ and the root folder, if this start made them)
@@ -147,5 +154,6 @@ def complete_outputs(run: Path) -> bool:
         metrics = json.loads((run / "metrics.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(metrics, dict) and all(k in metrics for k in OUTPUTS) and all((run / f).is_file()
-                                                                                    for f in COMPLETE)
+    return (
+        isinstance(metrics, dict) and all(k in metrics for k in OUTPUTS) and all((run / f).is_file() for f in COMPLETE)
+    )

@@ -29,8 +29,12 @@ def data_dir() -> Path:
 
 def train_args(root: Path, *args: str) -> list[str]:
     """`scripts/train.py` options for a quiet run under ``root`` on the real data."""
-    return [f"--trainer.default_root_dir={root}", f"--data.data_dir={DATA_DIR}", "--trainer.enable_progress_bar=false",
-            *args]
+    return [
+        f"--trainer.default_root_dir={root}",
+        f"--data.data_dir={DATA_DIR}",
+        "--trainer.enable_progress_bar=false",
+        *args,
+    ]
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -76,8 +80,11 @@ NOISE = ("GPU available", "TPU available", "HPU available")  # Lightning's own i
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too), by relative path, with its checksum."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_error_line(err: str, *fragments: str) -> str:

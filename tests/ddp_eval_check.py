@@ -19,8 +19,16 @@ if __name__ == "__main__":
     model = SoftmaxRegression(init_std=0.05)  # a fixed model whose predictions spread over all classes
     figures = ChapterFigures()
     kw = {"strategy": "ddp"} if n > 1 else {}
-    trainer = L.Trainer(accelerator="cpu", devices=n, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[figures], **kw)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=n,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[figures],
+        **kw,
+    )
     dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=100)
     val = trainer.validate(model, datamodule=dm, verbose=False)[0]
     test = trainer.test(model, datamodule=dm, verbose=False)[0]

@@ -32,8 +32,12 @@ def no_system_data(monkeypatch, tmp_path):
 
 
 def _args(tmp_path: Path, data_dir: Path) -> list[str]:
-    return [f"--data.data_dir={data_dir}", "--data.download=false", f"--trainer.default_root_dir={tmp_path / 'logs'}",
-            "--trainer.max_epochs=1"]
+    return [
+        f"--data.data_dir={data_dir}",
+        "--data.download=false",
+        f"--trainer.default_root_dir={tmp_path / 'logs'}",
+        "--trainer.max_epochs=1",
+    ]
 
 
 @pytest.mark.parametrize("setup", ["missing", "empty"])
@@ -41,8 +45,9 @@ def test_no_data_names_the_three_ways(capsys, tmp_path, no_system_data, setup):
     d = tmp_path / "data"
     if setup == "empty":
         d.mkdir()
-    line = _expect_error(capsys, _args(tmp_path, d), "not found", "apt-get install dataset-fashion-mnist",
-                         "torchvision downloads")
+    line = _expect_error(
+        capsys, _args(tmp_path, d), "not found", "apt-get install dataset-fashion-mnist", "torchvision downloads"
+    )
     assert str(d) in line
 
 
@@ -89,9 +94,17 @@ def _corrupt(raw: Path, case: str) -> str:
     raise ValueError(case)
 
 
-@pytest.mark.parametrize("case,text", [("truncated", "truncated"), ("magic", "magic number"),
-                                       ("dims", "shape (27, 27)"), ("counts", "63 labels"),
-                                       ("labels", "label 12 at index 63"), ("label 10", "label 10 at index 63")])
+@pytest.mark.parametrize(
+    "case,text",
+    [
+        ("truncated", "truncated"),
+        ("magic", "magic number"),
+        ("dims", "shape (27, 27)"),
+        ("counts", "63 labels"),
+        ("labels", "label 12 at index 63"),
+        ("label 10", "label 10 at index 63"),
+    ],
+)
 def test_damaged_idx_files(capsys, tmp_path, no_system_data, case, text):
     d = tmp_path / "data"
     raw = write_fake_split(d / "FashionMNIST" / "raw")
@@ -104,8 +117,7 @@ def test_gz_that_is_not_gzip(capsys, tmp_path, no_system_data):
     d = tmp_path / "data"
     raw = d / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte"):
+    for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / f"{n}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(8)) if "labels" in n else b"oops")
     _expect_error(capsys, _args(tmp_path, d), "not a valid gzip file", ".gz", watch=d)
     assert not any(p.suffix != ".gz" for p in raw.iterdir())  # no half-unpacked files left behind
@@ -114,25 +126,38 @@ def test_gz_that_is_not_gzip(capsys, tmp_path, no_system_data):
 def test_corrupt_debian_package_file(capsys, tmp_path, monkeypatch):
     system = tmp_path / "debian"
     system.mkdir()
-    for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte"):
+    for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (system / f"{n}.gz").write_bytes(b"not gzip")
     monkeypatch.setattr(data_mod, "SYSTEM_DIR", system)
     _expect_error(capsys, _args(tmp_path, tmp_path / "data"), "reinstall", "dataset-fashion-mnist", watch=system)
 
 
-@pytest.mark.parametrize("arg,text", [
-    ("--model.lr=0", "lr must be"), ("--model.lr=-0.5", "lr must be"), ("--model.lr=inf", "lr"),
-    ("--model.lr=nan", "lr"), ("--data.batch_size=0", "batch_size must be >= 1"),
-    ("--trainer.max_epochs=0", "max_epochs must be >= 1"), ("--model.init_std=-1", "init_std must be"),
-    ("--data.val_size=-1", "val_size must be >= 0"), ("--data.val_size=60000", "val_size must be smaller"),
-    ("--trainer.accelerator=warp", "invalid accelerator"), ("--trainer.accelerator=gpu", "gpu"),
-    ("--config=/nonexistent/c.yaml", "No such file"), ("--ckpt_path=last", "no checkpoint found"),
-    ("--trainer.default_root_dir=/dev/null/runs", "cannot create a run folder"),
-])
+@pytest.mark.parametrize(
+    "arg,text",
+    [
+        ("--model.lr=0", "lr must be"),
+        ("--model.lr=-0.5", "lr must be"),
+        ("--model.lr=inf", "lr"),
+        ("--model.lr=nan", "lr"),
+        ("--data.batch_size=0", "batch_size must be >= 1"),
+        ("--trainer.max_epochs=0", "max_epochs must be >= 1"),
+        ("--model.init_std=-1", "init_std must be"),
+        ("--data.val_size=-1", "val_size must be >= 0"),
+        ("--data.val_size=60000", "val_size must be smaller"),
+        ("--trainer.accelerator=warp", "invalid accelerator"),
+        ("--trainer.accelerator=gpu", "gpu"),
+        ("--config=/nonexistent/c.yaml", "No such file"),
+        ("--ckpt_path=last", "no checkpoint found"),
+        ("--trainer.default_root_dir=/dev/null/runs", "cannot create a run folder"),
+    ],
+)
 def test_bad_hyper_parameters_are_rejected_before_training(capsys, tmp_path, data_dir, arg, text):
-    args = [f"--data.data_dir={data_dir}", f"--trainer.default_root_dir={tmp_path / 'logs'}", "--trainer.max_epochs=1",
-            arg]
+    args = [
+        f"--data.data_dir={data_dir}",
+        f"--trainer.default_root_dir={tmp_path / 'logs'}",
+        "--trainer.max_epochs=1",
+        arg,
+    ]
     _expect_error(capsys, args, text)
     assert not list((tmp_path / "logs").glob("lightning_logs/version_*"))  # a failed start leaves no run folder
 
@@ -144,31 +169,49 @@ def test_config_that_is_not_yaml(capsys, tmp_path, data_dir):
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(capsys, tmp_path, data_dir):
-    line = _expect_error(capsys, [f"--data.data_dir={data_dir}", f"--trainer.default_root_dir={tmp_path}",
-                                  "--model.softmax=naive", "--model.lr=100", "--trainer.max_epochs=2"], "nan",
-                         "epoch 0, step 1")
+    line = _expect_error(
+        capsys,
+        [
+            f"--data.data_dir={data_dir}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--model.softmax=naive",
+            "--model.lr=100",
+            "--trainer.max_epochs=2",
+        ],
+        "nan",
+        "epoch 0, step 1",
+    )
     assert "--model.softmax stable" in line
 
 
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/train.py", "--model.lr=-1"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", "--model.lr=-1"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: lr must be")
 
 
-@pytest.mark.parametrize("args,text", [
-    (["--out", "/dev/null/b.json"], "cannot write /dev/null/b.json"),
-    (["--device", "cuda"], "sees no CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["--out", "/dev/null/b.json"], "cannot write /dev/null/b.json"),
+        (["--device", "cuda"], "sees no CUDA GPU"),
+    ],
+)
 def test_benchmark_bad_input_is_one_line(tmp_path, args, text):
     if "cuda" in args:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    out = subprocess.run([sys.executable, "scripts/benchmark.py", "--skip-d2l", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--skip-d2l", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0]

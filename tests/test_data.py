@@ -3,8 +3,17 @@
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from softmax_lightning.data import (CLASSES_EN, CLASSES_ZH, EpochShuffle, EvalShard, FashionMNISTDataModule,
-                                    InMemoryDataset, ResumableLoader, as_batch, class_names)
+from softmax_lightning.data import (
+    CLASSES_EN,
+    CLASSES_ZH,
+    EpochShuffle,
+    EvalShard,
+    FashionMNISTDataModule,
+    InMemoryDataset,
+    ResumableLoader,
+    as_batch,
+    class_names,
+)
 from softmax_lightning.fashion_mnist import load_split
 
 

@@ -17,7 +17,8 @@ from softmax_lightning import exercises as ex
 from softmax_lightning import functional as F
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError
-from softmax_lightning.predict import load_checkpoint, main as predict_main
+from softmax_lightning.predict import load_checkpoint
+from softmax_lightning.predict import main as predict_main
 from tests.conftest import DATA_DIR, ROOT, one_error_line, write_fake_split
 
 
@@ -133,8 +134,9 @@ def test_4_the_cost_matrix_tells_one_story():
     assert (C[off] == 1).all()  # every other mistake costs 1
 
 
-@pytest.mark.parametrize("bad, text", [("1 2 3", "10 rows of 10"), ("nan", "non-finite"), ("inf", "non-finite"),
-                                       ("-1", "negative cost")])
+@pytest.mark.parametrize(
+    "bad, text", [("1 2 3", "10 rows of 10"), ("nan", "non-finite"), ("inf", "non-finite"), ("-1", "negative cost")]
+)
 def test_4_bad_cost_matrices_are_refused(tmp_path, bad, text):
     rows = [["0" if i == j else "1" for j in range(10)] for i in range(10)]
     if bad == "1 2 3":
@@ -147,8 +149,18 @@ def test_4_bad_cost_matrices_are_refused(tmp_path, bad, text):
         D.load_cost_matrix(tmp_path / "c.txt")
 
 
-@pytest.mark.parametrize("bad", ["1,2,3", "1,1,1,1,1,1,0,1,1,1", "1,1,1,1,1,1,-3,1,1,1", "nan,1,1,1,1,1,1,1,1,1",
-                                 "inf,1,1,1,1,1,1,1,1,1", "a,b", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "1,2,3",
+        "1,1,1,1,1,1,0,1,1,1",
+        "1,1,1,1,1,1,-3,1,1,1",
+        "nan,1,1,1,1,1,1,1,1,1",
+        "inf,1,1,1,1,1,1,1,1,1",
+        "a,b",
+        "",
+    ],
+)
 def test_4_bad_priors_are_refused(bad):
     with pytest.raises(UserError, match="10 positive numbers"):
         D.parse_prior(bad)
@@ -259,17 +271,20 @@ def test_4_predict_applies_one_rule_per_option(chapter_run, tmp_path, capsys):
     assert sum(p_shirt(r) for r in prior) > sum(p_shirt(r) for r in plain)  # printed probabilities are corrected
 
 
-@pytest.mark.parametrize("extra, text", [
-    (["--abstain-cost", "-0.1"], "--abstain-cost must be a finite number >= 0"),
-    (["--abstain-cost", "nan"], "--abstain-cost must be a finite number >= 0"),
-    (["--abstain-cost", "inf"], "--abstain-cost must be a finite number >= 0"),
-    (["--reject-below", "1.5"], "--reject-below must be in [0, 1]"),
-    (["--reject-below", "0.9", "--abstain-cost", "0.1"], "pass only one of them"),
-    (["--reject-below", "0.9", "--cost-matrix", "COST"], "with --cost-matrix use --abstain-cost"),
-    (["--prior", "1,2,3"], "--prior needs 10 positive numbers"),
-    (["--prior", "1,1,1,1,1,1,0,1,1,1"], "--prior needs 10 positive numbers"),
-    (["--cost-matrix", "NEG"], "negative cost"),
-])
+@pytest.mark.parametrize(
+    "extra, text",
+    [
+        (["--abstain-cost", "-0.1"], "--abstain-cost must be a finite number >= 0"),
+        (["--abstain-cost", "nan"], "--abstain-cost must be a finite number >= 0"),
+        (["--abstain-cost", "inf"], "--abstain-cost must be a finite number >= 0"),
+        (["--reject-below", "1.5"], "--reject-below must be in [0, 1]"),
+        (["--reject-below", "0.9", "--abstain-cost", "0.1"], "pass only one of them"),
+        (["--reject-below", "0.9", "--cost-matrix", "COST"], "with --cost-matrix use --abstain-cost"),
+        (["--prior", "1,2,3"], "--prior needs 10 positive numbers"),
+        (["--prior", "1,1,1,1,1,1,0,1,1,1"], "--prior needs 10 positive numbers"),
+        (["--cost-matrix", "NEG"], "negative cost"),
+    ],
+)
 def test_4_predict_checks_decision_options_before_loading_anything(tmp_path, capsys, extra, text):
     neg = ex.cost_matrix()
     neg[0, 1] = -1
@@ -286,9 +301,23 @@ def test_4_predict_checks_decision_options_before_loading_anything(tmp_path, cap
 
 
 def test_4_predict_decision_options_as_a_process(chapter_run, tmp_path):
-    cmd = [sys.executable, "scripts/predict.py", "--ckpt", chapter_run["checkpoint"], "--n", "50", "--json",
-           "--out", str(tmp_path / "p.png"), "--cost-matrix", _cost_file(tmp_path), "--abstain-cost", "0.5",
-           "--prior", "1,1,1,1,1,1,3,1,1,1"]
+    cmd = [
+        sys.executable,
+        "scripts/predict.py",
+        "--ckpt",
+        chapter_run["checkpoint"],
+        "--n",
+        "50",
+        "--json",
+        "--out",
+        str(tmp_path / "p.png"),
+        "--cost-matrix",
+        _cost_file(tmp_path),
+        "--abstain-cost",
+        "0.5",
+        "--prior",
+        "1,1,1,1,1,1,3,1,1,1",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
     assert len(json.loads(res.stdout)["predictions"]) == 50
@@ -340,8 +369,10 @@ def test_5_uniform_correction_cancels():
     y, neg = torch.randint(0, 500, (16,), generator=g), torch.randint(0, 500, (50,), generator=g)
     log_q = torch.log(50 * torch.full((500,), 1 / 500))
     target = torch.zeros(16, dtype=torch.long)
-    torch.testing.assert_close(F.cross_entropy(ex.sampled_logits(z_true, z_neg, y, neg, log_q), target),
-                               F.cross_entropy(ex.sampled_logits(z_true, z_neg, y, neg), target))
+    torch.testing.assert_close(
+        F.cross_entropy(ex.sampled_logits(z_true, z_neg, y, neg, log_q), target),
+        F.cross_entropy(ex.sampled_logits(z_true, z_neg, y, neg), target),
+    )
 
 
 def test_5_log_q_correction_recovers_the_full_gradient_in_expectation(one_thread):
@@ -354,8 +385,9 @@ def test_5_log_q_correction_recovers_the_full_gradient_in_expectation(one_thread
 
 
 def test_5_log_q_beats_uncorrected_on_zipf_and_full_wins_trained_out(one_thread):
-    zipf = ex.train_compare(1000, zipf=True, methods=("sampled, unigram, uncorrected", "sampled, unigram, log-Q"),
-                            epochs=20, eval_at=(20,))
+    zipf = ex.train_compare(
+        1000, zipf=True, methods=("sampled, unigram, uncorrected", "sampled, unigram, log-Q"), epochs=20, eval_at=(20,)
+    )
     unc, cor = (zipf[m]["history"][20] for m in ("sampled, unigram, uncorrected", "sampled, unigram, log-Q"))
     assert cor["ppl"] < 0.9 * unc["ppl"] and cor["acc"] > unc["acc"] + 0.005  # measured 6.5 vs 7.9, 0.624 vs 0.604
     balanced = ex.train_compare(1000, epochs=20, eval_at=(20,))
@@ -364,8 +396,9 @@ def test_5_log_q_beats_uncorrected_on_zipf_and_full_wins_trained_out(one_thread)
 
 
 # ---------------------------------------------------------------- the command line
-@pytest.mark.parametrize("case", ["unknown exercise", "data_dir is a file", "corrupt data", "out_dir is a file",
-                                  "out_dir under a file"])
+@pytest.mark.parametrize(
+    "case", ["unknown exercise", "data_dir is a file", "corrupt data", "out_dir is a file", "out_dir under a file"]
+)
 def test_exercise_options_are_checked_before_anything_runs(tmp_path, capsys, case):
     afile = tmp_path / "a_file"
     afile.write_text("mine")
@@ -377,8 +410,10 @@ def test_exercise_options_are_checked_before_anything_runs(tmp_path, capsys, cas
         "data_dir is a file": (["1", "3", "--data.data_dir", str(afile)], "not a folder"),
         "corrupt data": (["1", "4", "--data.data_dir", str(fake), "--out_dir", str(tmp_path / "o")], "truncated"),
         "out_dir is a file": (["1", "4", "--data.data_dir", str(DATA_DIR), "--out_dir", str(afile)], "--out_dir"),
-        "out_dir under a file": (["1", "4", "--data.data_dir", str(DATA_DIR), "--out_dir", str(afile / "x")],
-                                 "not a writable folder"),
+        "out_dir under a file": (
+            ["1", "4", "--data.data_dir", str(DATA_DIR), "--out_dir", str(afile / "x")],
+            "not a writable folder",
+        ),
     }[case]
     assert ex.main(args) == 2
     out, err = capsys.readouterr()
@@ -388,8 +423,13 @@ def test_exercise_options_are_checked_before_anything_runs(tmp_path, capsys, cas
 
 
 def test_exercises_1_and_2_run_from_the_command_line():
-    res = subprocess.run([sys.executable, "-m", "softmax_lightning.exercises", "1", "2"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "softmax_lightning.exercises", "1", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "Exercise 1" in res.stdout and "[inf, nan]" in res.stdout
 

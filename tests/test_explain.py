@@ -28,8 +28,18 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def run(tmp_path_factory, data_dir) -> Path:
     """One epoch of the chapter's recipe on the real data (test accuracy about 0.8): its run folder."""
     root = tmp_path_factory.mktemp("explain")
-    assert cli.main([f"--trainer.default_root_dir={root}", f"--data.data_dir={DATA_DIR}", "--trainer.max_epochs=1",
-                     "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2"]) == 0
+    assert (
+        cli.main(
+            [
+                f"--trainer.default_root_dir={root}",
+                f"--data.data_dir={DATA_DIR}",
+                "--trainer.max_epochs=1",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.limit_val_batches=2",
+            ]
+        )
+        == 0
+    )
     return root / "lightning_logs" / "version_0"
 
 
@@ -52,8 +62,15 @@ def predict_main(capsys, *args) -> tuple[int, str, str]:
 
 
 def run_predict(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/predict.py", *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=180, **kwargs)
+    return subprocess.run(
+        [sys.executable, "scripts/predict.py", *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the math
@@ -152,8 +169,20 @@ def test_explain_png_beside_predictions_png_in_the_run_folder(run, ckpt, capsys)
     assert f"wrote {folder / 'explain.png'}" in err and "the first 8 images" in err  # 16 classified, 8 explained
     eight = np.asarray(Image.open(folder / "explain.png").convert("L"))
     assert eight.shape[1] >= 1000 and eight.std() > 30
-    code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", DATA_DIR, "--explain",
-                                  "--explain-rows", 2, "--n", 2, "--labels", "zh")
+    code, out, err = predict_main(
+        capsys,
+        "--ckpt_path",
+        ckpt,
+        "--data.data_dir",
+        DATA_DIR,
+        "--explain",
+        "--explain-rows",
+        2,
+        "--n",
+        2,
+        "--labels",
+        "zh",
+    )
     assert code == 0, err
     two = np.asarray(Image.open(folder / "explain.png").convert("L"))
     assert two.shape[1] == eight.shape[1] and 2.5 < eight.shape[0] / two.shape[0] < 4.5  # rows: 8 vs 2
@@ -178,8 +207,9 @@ def test_explain_figure_titles_carry_logits_and_probabilities(ckpt, test_set):
 
 def test_explain_beside_out_and_json_names_the_files(ckpt, tmp_path, capsys):
     out = tmp_path / "new" / "folder" / "grid.png"  # missing folders are made
-    code, stdout, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", DATA_DIR, "--n", 4, "--explain",
-                                     "--json", "--out", out)
+    code, stdout, err = predict_main(
+        capsys, "--ckpt_path", ckpt, "--data.data_dir", DATA_DIR, "--n", 4, "--explain", "--json", "--out", out
+    )
     assert code == 0 and err == ""
     report = json.loads(stdout)
     assert report["checkpoint"] == str(ckpt)
@@ -223,8 +253,9 @@ def test_a_dark_on_white_photo_is_inverted_and_classified_like_the_test_image(ck
     code, out, err = predict_main(capsys, "--ckpt_path", ckpt, *photos)  # table mode: one note per inverted photo
     assert code == 0
     notes = [line for line in err.splitlines() if line.startswith("note: ")]
-    assert len(notes) == len(photos) and all(str(p) in n and "inverted" in n and "--no-invert" in n
-                                             for p, n in zip(photos, notes))
+    assert len(notes) == len(photos) and all(
+        str(p) in n and "inverted" in n and "--no-invert" in n for p, n in zip(photos, notes)
+    )
     assert f"checkpoint: {ckpt}" in err
     code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--json", "--no-invert", photos[0])
     assert code == 0 and json.loads(out)["predictions"][0]["inverted"] is False
@@ -269,9 +300,25 @@ def test_zh_table_columns_line_up(ckpt, capsys):
 # ----------------------------------------------------------------------------- the command line, robust
 def test_json_into_a_closed_pipe_ends_quietly(ckpt, tmp_path):
     """``predict.py --json --n 3000 | head -c 100``: nothing on stderr, status 141 (or 0 if it all fit)."""
-    pred = subprocess.Popen([sys.executable, "scripts/predict.py", "--ckpt_path", str(ckpt), "--data.data_dir",
-                             str(DATA_DIR), "--json", "--n", "3000", "--out", str(tmp_path / "p.png")], cwd=ROOT,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pred = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/predict.py",
+            "--ckpt_path",
+            str(ckpt),
+            "--data.data_dir",
+            str(DATA_DIR),
+            "--json",
+            "--n",
+            "3000",
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     head = subprocess.run(["head", "-c", "100"], stdin=pred.stdout, capture_output=True, timeout=180)
     pred.stdout.close()  # only head holds the pipe's read end: when it exits, the pipe is closed
     err = pred.stderr.read().decode()
@@ -280,11 +327,20 @@ def test_json_into_a_closed_pipe_ends_quietly(ckpt, tmp_path):
 
 
 def test_help_and_table_into_a_closed_pipe_end_quietly(ckpt, tmp_path):
-    for args in (["--help"], ["--ckpt_path", str(ckpt), "--data.data_dir", str(DATA_DIR), "--n", "3000", "--out",
-                              str(tmp_path / "p.png")]):
-        res = subprocess.run(f"{sys.executable} scripts/predict.py {' '.join(args)} | head -1; "
-                             f"echo \"status ${{PIPESTATUS[0]}}\" >&2", shell=True, executable="/bin/bash", cwd=ROOT,
-                             env=ENV, capture_output=True, text=True, timeout=180)
+    for args in (
+        ["--help"],
+        ["--ckpt_path", str(ckpt), "--data.data_dir", str(DATA_DIR), "--n", "3000", "--out", str(tmp_path / "p.png")],
+    ):
+        res = subprocess.run(
+            f'{sys.executable} scripts/predict.py {" ".join(args)} | head -1; echo "status ${{PIPESTATUS[0]}}" >&2',
+            shell=True,
+            executable="/bin/bash",
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         status = res.stderr.splitlines()[-1]
         assert status in ("status 141", "status 0"), res.stderr
         assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr

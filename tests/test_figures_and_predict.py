@@ -12,11 +12,17 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from softmax_lightning.data import FashionMNISTDataModule
-from softmax_lightning.predict import load_checkpoint, load_image, main as predict_main
+from softmax_lightning.predict import load_checkpoint, load_image
+from softmax_lightning.predict import main as predict_main
 from tests.conftest import DATA_DIR, ROOT
 
-FIGURES = {"curves.png": (320, 450), "predictions.png": None, "weights.png": None, "confusion.png": None,
-           "confusions.png": None}
+FIGURES = {
+    "curves.png": (320, 450),
+    "predictions.png": None,
+    "weights.png": None,
+    "confusion.png": None,
+    "confusions.png": None,
+}
 
 
 def test_event_files_hold_histograms_images_and_hparams(chapter_run):
@@ -29,7 +35,12 @@ def test_event_files_hold_histograms_images_and_hparams(chapter_run):
     for tag in ("templates", "predictions", "confusion"):
         assert [e.step for e in ea.Images(tag)] == [235 * k for k in range(1, 11)]
     assert {"figures/weights", "figures/predictions", "figures/confusion", "figures/confusions"} <= set(tags["images"])
-    for name in ("weights", "predictions", "confusion", "confusions"):  # TensorBoard holds the very PNG files, with their size
+    for name in (
+        "weights",
+        "predictions",
+        "confusion",
+        "confusions",
+    ):  # TensorBoard holds the very PNG files, with their size
         event = ea.Images(f"figures/{name}")[-1]
         png = (run / f"{name}.png").read_bytes()
         assert event.encoded_image_string == png
@@ -52,14 +63,16 @@ def test_png_figures_decode_and_are_not_blank(chapter_run, name):
 
 
 def _run_predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/predict.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, "scripts/predict.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_predict_agrees_with_the_model_on_test_images(chapter_run, tmp_path):
     ckpt = chapter_run["checkpoint"]
-    out = _run_predict("--ckpt", ckpt, "--n", "16", "--json", "--data_dir", str(DATA_DIR),
-                       "--out", str(tmp_path / "p.png"))
+    out = _run_predict(
+        "--ckpt", ckpt, "--n", "16", "--json", "--data_dir", str(DATA_DIR), "--out", str(tmp_path / "p.png")
+    )
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)["predictions"]
     model, _ = load_checkpoint(ckpt)
@@ -70,6 +83,7 @@ def test_predict_agrees_with_the_model_on_test_images(chapter_run, tmp_path):
         probs = model(X[:16])
     names = [r["predicted"] for r in records]
     from softmax_lightning.data import CLASSES_EN
+
     assert names == [CLASSES_EN[k] for k in probs.argmax(1).tolist()]
     assert [r["true"] for r in records] == [CLASSES_EN[k] for k in y[:16].tolist()]
     assert all(abs(r["probability"] - float(p)) < 1e-3 for r, p in zip(records, probs.max(1).values))

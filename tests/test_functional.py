@@ -12,8 +12,10 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 def logits_cases():
     g = torch.Generator().manual_seed(0)
     yield "ordinary", torch.randn(64, 10, generator=g, dtype=torch.float64)
-    yield "extreme", torch.tensor([[1000.0, -1000.0, 0.0], [-1000.0, -999.0, -1000.0], [0.0, 0.0, 0.0]],
-                                  dtype=torch.float64)
+    yield (
+        "extreme",
+        torch.tensor([[1000.0, -1000.0, 0.0], [-1000.0, -999.0, -1000.0], [0.0, 0.0, 0.0]], dtype=torch.float64),
+    )
     yield "float32", torch.randn(16, 10, generator=g) * 30
 
 
@@ -46,8 +48,9 @@ def test_naive_versions_agree_where_finite():
     y = torch.arange(32) % 10
     torch.testing.assert_close(F.softmax_naive(X), F.softmax(X), **TOL)
     torch.testing.assert_close(F.cross_entropy_naive(F.softmax_naive(X), y), F.cross_entropy(X, y), **TOL)
-    torch.testing.assert_close(F.cross_entropy_naive(torch.softmax(X, 1), y), TF.nll_loss(torch.log_softmax(X, 1), y,
-                                                                                            reduction="none"), **TOL)
+    torch.testing.assert_close(
+        F.cross_entropy_naive(torch.softmax(X, 1), y), TF.nll_loss(torch.log_softmax(X, 1), y, reduction="none"), **TOL
+    )
 
 
 def test_chapter_cells():

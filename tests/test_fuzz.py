@@ -39,17 +39,25 @@ hypothesis = pytest.importorskip("hypothesis", reason="the fuzz tests need hypot
 from hypothesis import HealthCheck, event, given, note, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from softmax_lightning import cli, predict  # noqa: E402
-from softmax_lightning import fashion_mnist  # noqa: E402
+from softmax_lightning import (  # noqa: E402
+    cli,
+    fashion_mnist,
+    predict,
+)
 from softmax_lightning.model import SoftmaxRegression  # noqa: E402
 from tests.conftest import NOISE, write_fake_split  # noqa: E402
 from tests.test_options import tree  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SECONDS = int(os.environ.get("FUZZ_SECONDS", "180"))  # per example: a valid run takes a few seconds
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="FUZZ_SEED" not in os.environ, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large], print_blob=True)
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize="FUZZ_SEED" not in os.environ,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
 SEEDED = seed(int(os.environ["FUZZ_SEED"])) if "FUZZ_SEED" in os.environ else (lambda f: f)
 
 # ---------------------------------------------------------------------------------------------------- values
@@ -67,23 +75,42 @@ def floats(*limits: float) -> st.SearchStrategy[str]:
     """Floats at and around each limit, any float (nan and inf too), the words YAML and Python read as nan/inf, and
     integers (as text)."""
     edges = sorted({v for x in limits for v in (x, np.nextafter(x, -np.inf), np.nextafter(x, np.inf))} | {0.0})
-    return st.one_of(st.sampled_from([repr(float(v)) for v in edges]), st.floats().map(repr),
-                     st.sampled_from(FLOAT_WORDS), ints(0, 1))
+    return st.one_of(
+        st.sampled_from([repr(float(v)) for v in edges]),
+        st.floats().map(repr),
+        st.sampled_from(FLOAT_WORDS),
+        ints(0, 1),
+    )
 
 
 def words(*valid: str) -> st.SearchStrategy[str]:
     """The valid choices, near misses (case, spaces), empty, non-ASCII and very long strings."""
     near = [v.upper() for v in valid] + [f" {v}" for v in valid] + [v[:-1] for v in valid if v]
-    return st.one_of(st.sampled_from([*valid, *near, "", "日本語", "é" * 300, "x" * 5000, "null", "true", "[1, 2]",
-                                      "{a: 1}", "-1", "1e309"]),
-                     st.text(max_size=40))
+    return st.one_of(
+        st.sampled_from(
+            [*valid, *near, "", "日本語", "é" * 300, "x" * 5000, "null", "true", "[1, 2]", "{a: 1}", "-1", "1e309"]
+        ),
+        st.text(max_size=40),
+    )
 
 
 BOOLS = st.sampled_from(["true", "false", "True", "yes", "no", "on", "1", "0", "null", "", "maybe", "[]"])
 # Paths, resolved in each example's working folder (``resolve``): read-only ones may be the real /dev/null; paths
 # a tool may write are given a device node of its own instead, never /dev/null itself.
-PATHS = ["", "FOLDER", "MISSING", "JUNK", "FIFO", "DEVICE", "NOTES_AS_FOLDER", ".", "LONG_NAME", "DEEP_PATH",
-         "NON_ASCII", "x\x00y"]
+PATHS = [
+    "",
+    "FOLDER",
+    "MISSING",
+    "JUNK",
+    "FIFO",
+    "DEVICE",
+    "NOTES_AS_FOLDER",
+    ".",
+    "LONG_NAME",
+    "DEEP_PATH",
+    "NON_ASCII",
+    "x\x00y",
+]
 INPUT_PATHS = st.sampled_from([*PATHS, "/dev/null", "/dev/zero"])
 OUTPUT_PATHS = st.sampled_from(PATHS)
 
@@ -154,10 +181,12 @@ TRAIN = {
     "--trainer.accumulate_grad_batches": ints(0, 1, 2),
     "--trainer.gradient_clip_val": floats(0.0, 1.0),
     "--trainer.gradient_clip_algorithm": words("value", "norm"),
-    "--trainer.max_time": st.one_of(words("00:00:00:01", "00:01:00:00"), st.sampled_from(["99999999:00:00:00",
-                                                                                           "-1:00:00:00"])),
-    "--trainer.precision": words("32-true", "64-true", "bf16-mixed", "16-mixed", "16-true", "bf16-true", "32",
-                                 "transformer-engine"),
+    "--trainer.max_time": st.one_of(
+        words("00:00:00:01", "00:01:00:00"), st.sampled_from(["99999999:00:00:00", "-1:00:00:00"])
+    ),
+    "--trainer.precision": words(
+        "32-true", "64-true", "bf16-mixed", "16-mixed", "16-true", "bf16-true", "32", "transformer-engine"
+    ),
     "--trainer.accelerator": words("cpu", "auto", "gpu", "cuda", "mps", "tpu"),
     "--trainer.deterministic": st.one_of(BOOLS, st.just("warn")),
     "--trainer.enable_checkpointing": BOOLS,
@@ -177,10 +206,24 @@ TRAIN = {
     "--trainer": INPUT_PATHS,
     "--figures": INPUT_PATHS,
 }
-PATH_OPTIONS = {"--data.data_dir", "--trainer.default_root_dir", "--ckpt_path", "--config", "--model", "--data",
-                "--trainer", "--figures"}
-TRAIN_BASE = ["--data.data_dir=data", "--data.download=false", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
-              "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
+PATH_OPTIONS = {
+    "--data.data_dir",
+    "--trainer.default_root_dir",
+    "--ckpt_path",
+    "--config",
+    "--model",
+    "--data",
+    "--trainer",
+    "--figures",
+}
+TRAIN_BASE = [
+    "--data.data_dir=data",
+    "--data.download=false",
+    "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+]
 
 PREDICT = {
     "--n": ints(1, 32, 10_000),
@@ -302,8 +345,9 @@ def test_predict_options_fuzz(option, capsys, no_system_data):
     with working_folder() as cwd:
         (cwd / "model.ckpt").write_bytes(checkpoint_bytes())
         Image.fromarray(np.full((30, 20), 200, dtype=np.uint8)).save(cwd / "shirt.png")
-        (cwd / "cost.txt").write_text("\n".join(" ".join("0" if i == j else "1" for j in range(10))
-                                                for i in range(10)) + "\n")
+        (cwd / "cost.txt").write_text(
+            "\n".join(" ".join("0" if i == j else "1" for j in range(10)) for i in range(10)) + "\n"
+        )
         value = {"PNG": "shirt.png", "COST": "cost.txt"}.get(value, value)
         if flag == "FLAG":
             extra = [value]

@@ -14,8 +14,9 @@ import torch
 from softmax_lightning import exercises
 from tests.conftest import DATA_DIR, ROOT, run_train
 
-ACCELERATORS = [a for a, there in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
-                if there]
+ACCELERATORS = [
+    a for a, there in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())) if there
+]
 pytestmark = pytest.mark.skipif(not ACCELERATORS, reason="no CUDA GPU or Apple MPS on this machine")
 ONE_EPOCH = ["--trainer.max_epochs=1", "--trainer.devices=1"]
 
@@ -43,8 +44,24 @@ def test_exercise_4_reuses_the_data_module_after_fitting_on_the_device(tmp_path,
 
 def test_predict_uses_a_checkpoint_trained_on_the_device(tmp_path, data_dir, accelerator):
     m = run_train(tmp_path, *ONE_EPOCH, f"--trainer.accelerator={accelerator}")
-    out = subprocess.run([sys.executable, "scripts/predict.py", "--ckpt_path", m["checkpoint"], "--json", "--n", "8",
-                          "--data.data_dir", str(DATA_DIR), "--out", str(tmp_path / "p.png")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "scripts/predict.py",
+            "--ckpt_path",
+            m["checkpoint"],
+            "--json",
+            "--n",
+            "8",
+            "--data.data_dir",
+            str(DATA_DIR),
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert len(json.loads(out.stdout)["predictions"]) == 8 and Path(tmp_path / "p.png").is_file()

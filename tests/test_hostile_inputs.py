@@ -51,9 +51,19 @@ NO_DELETE_ADVICE = re.compile(r"\b(delete|remove|rm|free|erase|clean)\b", re.I)
 def ckpt(tmp_path_factory) -> Path:
     """One cheaply trained checkpoint for the whole file (20 batches of the real data)."""
     root = tmp_path_factory.mktemp("trained")
-    assert cli.main([f"--trainer.default_root_dir={root}", f"--data.data_dir={DATA_DIR}",
-                     "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
-                     "--trainer.limit_train_batches=20", "--trainer.limit_val_batches=2"]) == 0
+    assert (
+        cli.main(
+            [
+                f"--trainer.default_root_dir={root}",
+                f"--data.data_dir={DATA_DIR}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.max_epochs=1",
+                "--trainer.limit_train_batches=20",
+                "--trainer.limit_val_batches=2",
+            ]
+        )
+        == 0
+    )
     path = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert path.is_file()
     return path
@@ -92,8 +102,14 @@ def sha256(path: Path) -> str:
 
 def run_predict(*args, timeout: float = 120) -> subprocess.CompletedProcess:
     """``scripts/predict.py`` as a real process."""
-    return subprocess.run([sys.executable, "scripts/predict.py", *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "scripts/predict.py", *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def predict_main(capsys, *args) -> tuple[int, str, str]:
@@ -128,6 +144,7 @@ def bounded(seconds: int = 30, extra_bytes: int = 1 << 30):
 def png_bytes(width: int, height: int, rows: bytes | None = None, bit_depth: int = 8, color_type: int = 0) -> bytes:
     """A PNG file built by hand: the header may claim any size; ``rows`` (filter byte + pixels per row) default to
     one black row, so a huge claimed image costs a few bytes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -231,20 +248,29 @@ def test_unpacking_debian_files_onto_a_full_disk_for_real(tmp_path, ckpt):
         pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({SYSTEM_GZ})")
     mnt, report = tmp_path / "full", tmp_path / "report"
     mnt.mkdir(), report.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(mnt))}"],
-                           capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(mnt))}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MB tmpfs in a new user+mount namespace here (unshare -rm: "
-                    f"{probe.stderr.strip()[:200]}); test_unpacking_onto_a_full_disk_in_process covers the code path")
+        pytest.skip(
+            f"cannot mount a 1 MB tmpfs in a new user+mount namespace here (unshare -rm: "
+            f"{probe.stderr.strip()[:200]}); test_unpacking_onto_a_full_disk_in_process covers the code path"
+        )
     sums = {p: sha256(p) for p in gz}
     raw = data.raw_dir(mnt)
     q = lambda p: shlex.quote(str(p))  # noqa: E731
-    script = (f"mount -t tmpfs -o size=1m tmpfs {q(mnt)} || exit 99; "
-              f"{q(sys.executable)} scripts/predict.py --ckpt_path {q(ckpt)} --data.data_dir {q(mnt)} "
-              f"--out {q(report / 'p.png')} 2> {q(report / 'stderr')}; echo $? > {q(report / 'rc')}; "
-              f"ls -A {q(raw)} > {q(report / 'ls')}")  # what the full disk holds afterwards, seen from inside
-    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=180)
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {q(mnt)} || exit 99; "
+        f"{q(sys.executable)} scripts/predict.py --ckpt_path {q(ckpt)} --data.data_dir {q(mnt)} "
+        f"--out {q(report / 'p.png')} 2> {q(report / 'stderr')}; echo $? > {q(report / 'rc')}; "
+        f"ls -A {q(raw)} > {q(report / 'ls')}"
+    )  # what the full disk holds afterwards, seen from inside
+    res = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180
+    )
     assert res.returncode == 0, res.stderr
     line = one_error_line((report / "stderr").read_text())
     assert (report / "rc").read_text().strip() == "2"
@@ -266,8 +292,9 @@ def test_unpacking_onto_a_full_disk_in_process(tmp_path, ckpt, capsys, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(data, "shutil", SimpleNamespace(copyfileobj=full_disk))
-    code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", raw.parents[1], "--json",
-                                  "--out", tmp_path / "p.png")
+    code, out, err = predict_main(
+        capsys, "--ckpt_path", ckpt, "--data.data_dir", raw.parents[1], "--json", "--out", tmp_path / "p.png"
+    )
     line = one_error_line(err)
     assert code == 2 and out == ""
     assert "no space left" in line and str(raw / "train-images-idx3-ubyte") in line and "--data.data_dir" in line
@@ -324,8 +351,9 @@ def test_links_to_regular_files_keep_working(tmp_path, ckpt, fake_data, capsys):
     linked.mkdir(parents=True)
     for n in IDX_NAMES:
         (linked / n).symlink_to(data.raw_dir(fake_data) / n)
-    code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", linked.parents[1], "--json",
-                                  "--out", tmp_path / "p.png")
+    code, out, err = predict_main(
+        capsys, "--ckpt_path", ckpt, "--data.data_dir", linked.parents[1], "--json", "--out", tmp_path / "p.png"
+    )
     assert code == 0, err
     assert len(json.loads(out)["predictions"]) == 16 and all((linked / n).is_symlink() for n in IDX_NAMES)
 
@@ -456,16 +484,23 @@ def test_benchmark_zero_counts(tmp_path, benchmark, monkeypatch, capsys, flag):
     """Refused before any work: a data_dir that is a file would give another message if the check were skipped."""
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    code, err = benchmark_main(benchmark, monkeypatch, capsys, flag, 0, "--data.data_dir", not_a_folder,
-                               "--out", tmp_path / "b.json")
+    code, err = benchmark_main(
+        benchmark, monkeypatch, capsys, flag, 0, "--data.data_dir", not_a_folder, "--out", tmp_path / "b.json"
+    )
     line = one_error_line(err)
     assert code == 2 and flag in line and ">= 1" in line
     assert not (tmp_path / "b.json").exists()
 
 
 def test_benchmark_zero_epochs_as_a_process(tmp_path):
-    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--epochs", "0", "--out", str(tmp_path / "b.json")],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--epochs", "0", "--out", str(tmp_path / "b.json")],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     line = one_error_line(res.stderr)
     assert res.returncode == 2 and "--epochs" in line and not (tmp_path / "b.json").exists()
 
@@ -506,6 +541,7 @@ def test_16_bit_png_is_read_by_its_bit_depth(tmp_path, ckpt, capsys, mode):
 def _strict_json(text: str):
     def no_constants(name):
         raise AssertionError(f"{name} in --json output: not valid JSON")
+
     return json.loads(text, parse_constant=no_constants)
 
 
@@ -525,8 +561,9 @@ def test_diverged_checkpoint_is_refused_not_printed_as_nan(tmp_path, ckpt, fake_
         c["FashionMNISTDataModule"] = {"input_stats": (0.28, 0.0) if damage == "std_zero" else (float("nan"), 0.35)}
     bad = tmp_path / f"{damage}.ckpt"
     torch.save(c, bad)
-    code, out, err = predict_main(capsys, "--ckpt_path", bad, "--data.data_dir", fake_data, "--json",
-                                  "--out", tmp_path / "p.png")
+    code, out, err = predict_main(
+        capsys, "--ckpt_path", bad, "--data.data_dir", fake_data, "--json", "--out", tmp_path / "p.png"
+    )
     line = one_error_line(err)
     assert code == 2 and str(bad) in line and "--ckpt_path" in line
     assert out == "" and not (tmp_path / "p.png").exists()
@@ -534,8 +571,9 @@ def test_diverged_checkpoint_is_refused_not_printed_as_nan(tmp_path, ckpt, fake_
 
 def test_healthy_checkpoint_json_is_strict_json(ckpt, fake_data, tmp_path, capsys):
     """The control for the test above: the same call with the undamaged checkpoint prints valid JSON, exit 0."""
-    code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", fake_data, "--json",
-                                  "--out", tmp_path / "p.png")
+    code, out, err = predict_main(
+        capsys, "--ckpt_path", ckpt, "--data.data_dir", fake_data, "--json", "--out", tmp_path / "p.png"
+    )
     assert code == 0, err
     records = _strict_json(out)["predictions"]
     assert len(records) == 16 and all(0 <= r["probability"] <= 1 for r in records)
@@ -549,8 +587,9 @@ def test_stale_temp_beside_predictions_png_is_removed_live_one_kept(tmp_path, ck
     stale, live = out_dir / f".predictions.png.tmp{dead}", out_dir / f".predictions.png.tmp{alive}"
     for p in (stale, live):
         p.write_bytes(b"half a png")
-    code, out, err = predict_main(capsys, "--ckpt_path", ckpt, "--data.data_dir", fake_data,
-                                  "--out", out_dir / "predictions.png")
+    code, out, err = predict_main(
+        capsys, "--ckpt_path", ckpt, "--data.data_dir", fake_data, "--out", out_dir / "predictions.png"
+    )
     assert code == 0, err
     assert not stale.exists() and live.read_bytes() == b"half a png"
     assert (out_dir / "predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -565,8 +604,10 @@ def test_stale_temp_beside_unpacked_idx_is_removed_live_one_kept(tmp_path, pids)
         p.write_bytes(b"half an idx")
     assert data.find_raw_files(raw.parents[1], system_dir=tmp_path / "none", download=False) == raw
     assert not stale.exists() and live.read_bytes() == b"half an idx"
-    assert all(data.check_idx_file(raw / n, k, s) > 0 for n, k, s in
-               [("train-images-idx3-ubyte", "images", (28, 28)), ("t10k-labels-idx1-ubyte", "labels", ())])
+    assert all(
+        data.check_idx_file(raw / n, k, s) > 0
+        for n, k, s in [("train-images-idx3-ubyte", "images", (28, 28)), ("t10k-labels-idx1-ubyte", "labels", ())]
+    )
 
 
 # ------------------------------------------------------------------------------- 8. hints name the tool's own flags
@@ -578,9 +619,13 @@ def test_predict_hints_name_flags_predict_accepts(tmp_path, ckpt, fake_data, cap
     not_a_folder, folder, garbage = tmp_path / "file", tmp_path / "folder", tmp_path / "garbage.ckpt"
     not_a_folder.write_text("x"), folder.mkdir(), garbage.write_bytes(b"PK\x03\x04 not a zip")
     out = ["--out", tmp_path / "p.png"]
-    cases = [["--root_dir", tmp_path / "empty"],  # no checkpoint at all
-             ["--ckpt_path", tmp_path / "missing.ckpt"], ["--ckpt_path", folder], ["--ckpt_path", garbage],
-             ["--ckpt_path", ckpt, "--data.data_dir", not_a_folder]]
+    cases = [
+        ["--root_dir", tmp_path / "empty"],  # no checkpoint at all
+        ["--ckpt_path", tmp_path / "missing.ckpt"],
+        ["--ckpt_path", folder],
+        ["--ckpt_path", garbage],
+        ["--ckpt_path", ckpt, "--data.data_dir", not_a_folder],
+    ]
     lines = []
     for args in cases:
         code, _, err = predict_main(capsys, *args, *out)
@@ -591,12 +636,14 @@ def test_predict_hints_name_flags_predict_accepts(tmp_path, ckpt, fake_data, cap
     good = {"--ckpt_path": [ckpt], "--data.data_dir": [fake_data], "--root_dir": [root]}
     for flag in named:
         assert flag in good, f"predict's message names {flag}: add a working value for it here ({lines})"
-        code, stdout, err = predict_main(capsys, flag, *good[flag], "--data.data_dir", fake_data, "--root_dir", root,
-                                         *out)
+        code, stdout, err = predict_main(
+            capsys, flag, *good[flag], "--data.data_dir", fake_data, "--root_dir", root, *out
+        )
         assert code == 0, (flag, err)
     if any("'last'" in line for line in lines):  # "(or 'last')": predict must take that too
-        code, stdout, err = predict_main(capsys, "--ckpt_path", "last", "--root_dir", root, "--data.data_dir",
-                                         fake_data, *out)
+        code, stdout, err = predict_main(
+            capsys, "--ckpt_path", "last", "--root_dir", root, "--data.data_dir", fake_data, *out
+        )
         assert code == 0, err
 
 
@@ -614,8 +661,9 @@ def test_exercises_data_hint_names_a_flag_exercises_accepts(tmp_path, capsys):
 def test_benchmark_data_hint_names_a_flag_benchmark_accepts(tmp_path, benchmark, monkeypatch, capsys):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    code, err = benchmark_main(benchmark, monkeypatch, capsys, "--data.data_dir", not_a_folder,
-                               "--out", tmp_path / "b.json")
+    code, err = benchmark_main(
+        benchmark, monkeypatch, capsys, "--data.data_dir", not_a_folder, "--out", tmp_path / "b.json"
+    )
     line = one_error_line(err)
     assert code == 2 and flags_in(line) == {"--data.data_dir"}, line
     for flag in flags_in(line):  # accepted by benchmark's parser (else argparse exits with "unrecognized arguments")

@@ -24,8 +24,14 @@ from tests.conftest import DATA_DIR, run_dirs, run_train
 
 
 def _trainer(**kw) -> L.Trainer:
-    kw = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "num_sanity_val_steps": 0, **kw}
+    kw = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kw,
+    }
     return L.Trainer(**kw)
 
 
@@ -68,24 +74,35 @@ def _sgd_by_hand(W, b, X, y, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize("kwargs,names", [
-    ({}, ["epoch=0-step=25.ckpt", "epoch=1-step=50.ckpt", "epoch=2-step=75.ckpt"]),
-    ({"every_n_train_steps": 10}, [f"epoch={(s - 1) // 25}-step={s}.ckpt" for s in range(10, 80, 10)]),
-])
+@pytest.mark.parametrize(
+    "kwargs,names",
+    [
+        ({}, ["epoch=0-step=25.ckpt", "epoch=1-step=50.ckpt", "epoch=2-step=75.ckpt"]),
+        ({"every_n_train_steps": 10}, [f"epoch={(s - 1) // 25}-step={s}.ckpt" for s in range(10, 80, 10)]),
+    ],
+)
 def test_a_users_model_checkpoint_writes_the_names_lightning_documents(tmp_path, data_dir, kwargs, names):
     """``{epoch}`` and ``{step}`` are Lightning's own (``step`` = the global step): nothing the module logs may
     shadow them, or saves of one epoch would share a name and overwrite each other."""
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **kwargs)  # default filename: "{epoch}-{step}"
-    trainer = _trainer(max_epochs=3, limit_train_batches=25, limit_val_batches=2, enable_checkpointing=True,
-                       callbacks=[ckpt, ChapterFigures()])
+    trainer = _trainer(
+        max_epochs=3,
+        limit_train_batches=25,
+        limit_val_batches=2,
+        enable_checkpointing=True,
+        callbacks=[ckpt, ChapterFigures()],
+    )
     trainer.fit(SoftmaxRegression(), datamodule=_data())
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == sorted(names)
     assert "step" not in trainer.logged_metrics and "step" not in trainer.callback_metrics
 
 
 SHORT = ["--trainer.max_epochs=4", "--trainer.limit_train_batches=20", "--trainer.limit_val_batches=4"]
-KEEP_ALL = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_top_k=-1",
-            "--trainer.callbacks.save_last=true"]
+KEEP_ALL = [
+    "--trainer.callbacks+=ModelCheckpoint",
+    "--trainer.callbacks.save_top_k=-1",
+    "--trainer.callbacks.save_last=true",
+]
 TIMINGS = {"train_seconds", "checkpoint", "run_dir"}
 
 
@@ -97,14 +114,18 @@ def _comparable(metrics: dict) -> dict:
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # (a copied run folder)
 @pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # (the same: the copy's checkpoints are used)
-@pytest.mark.parametrize("case,args,resume_from", [
-    ("sparse validation", ["--trainer.check_val_every_n_epoch=2"], "epoch=1-step=40.ckpt"),  # at validation end
-    ("validation twice an epoch", ["--trainer.val_check_interval=0.5"], "epoch=1-step=30.ckpt"),  # mid-epoch
-    ("every n train steps", ["--trainer.callbacks.every_n_train_steps=15"], "epoch=1-step=30.ckpt"),  # mid-epoch
-    ("no validation", ["--trainer.limit_val_batches=0"], "epoch=1-step=40.ckpt"),  # at the epoch's end
-])
-def test_a_resume_from_any_checkpoint_lightning_saves_ends_like_the_uninterrupted_run(tmp_path, data_dir, case, args,
-                                                                                      resume_from):
+@pytest.mark.parametrize(
+    "case,args,resume_from",
+    [
+        ("sparse validation", ["--trainer.check_val_every_n_epoch=2"], "epoch=1-step=40.ckpt"),  # at validation end
+        ("validation twice an epoch", ["--trainer.val_check_interval=0.5"], "epoch=1-step=30.ckpt"),  # mid-epoch
+        ("every n train steps", ["--trainer.callbacks.every_n_train_steps=15"], "epoch=1-step=30.ckpt"),  # mid-epoch
+        ("no validation", ["--trainer.limit_val_batches=0"], "epoch=1-step=40.ckpt"),  # at the epoch's end
+    ],
+)
+def test_a_resume_from_any_checkpoint_lightning_saves_ends_like_the_uninterrupted_run(
+    tmp_path, data_dir, case, args, resume_from
+):
     """A user's ModelCheckpoint keeps every save; resuming a copy of the run from an early one must end with the same
     metrics.json (history included), weights and figures as the run that was never interrupted."""
     done = run_train(tmp_path / "run", *SHORT, *KEEP_ALL, *args)
@@ -136,11 +157,12 @@ def test_a_step_skipped_by_the_grad_scaler_leaves_no_stale_gradient(data_dir):
     first step taken is exactly a clean step."""
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
     steps, m = Steps(), SoftmaxRegression()
-    _trainer(max_steps=80, limit_val_batches=0, plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
-             callbacks=[steps]).fit(m, datamodule=_data())
+    _trainer(
+        max_steps=80, limit_val_batches=0, plugins=[MixedPrecision("16-mixed", "cpu", scaler)], callbacks=[steps]
+    ).fit(m, datamodule=_data())
     skipped = [torch.equal(a[0], b[0]) for a, b in zip(steps.before, steps.after)]
     first = skipped.index(False)
-    assert first >= 5 and all(skipped[:first]) and not any(skipped[first + 5:])  # skipped, then learning
+    assert first >= 5 and all(skipped[:first]) and not any(skipped[first + 5 :])  # skipped, then learning
     assert all(steps.clean_backward)
     W, b = _sgd_by_hand(*steps.before[first], *steps.batches[first], lr=0.1)
     torch.testing.assert_close(steps.after[first][0], W, rtol=0, atol=1e-5)  # (the logits were float16)
@@ -173,8 +195,10 @@ def test_true_half_precision_is_one_line_from_the_command_line(tmp_path, data_di
 
 
 # ---------------------------------------------------------------------------------------------------- the SGD step
-@pytest.mark.parametrize("hp", [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
-                                {"weight_decay": 1e-3}, {"lr_schedule": "cosine"}])
+@pytest.mark.parametrize(
+    "hp",
+    [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}, {"weight_decay": 1e-3}, {"lr_schedule": "cosine"}],
+)
 def test_every_backward_starts_from_zero_gradients_and_every_step_leaves_them_zero(data_dir, hp):
     steps, m = Steps(), SoftmaxRegression(**hp)
     _trainer(max_steps=6, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
@@ -228,7 +252,8 @@ def test_the_data_module_is_usable_before_and_after_fit(data_dir):
 
 
 def test_a_metrics_json_records_what_validation_ran_on(tmp_path, data_dir):
-    m = run_train(tmp_path, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
-                  "--trainer.limit_val_batches=2")
+    m = run_train(
+        tmp_path, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=2"
+    )
     assert m["validated_on"] == "test split" and m["world_size"] == 1
     assert json.loads((Path(m["run_dir"]) / "metrics.json").read_text())["epochs"] == 1

@@ -17,8 +17,14 @@ from softmax_lightning.model import SoftmaxRegression
 
 
 def _trainer(**kw) -> L.Trainer:
-    kw = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "num_sanity_val_steps": 0, **kw}
+    kw = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kw,
+    }
     return L.Trainer(**kw)
 
 
@@ -51,8 +57,7 @@ def test_init_is_the_chapters():
 
 def test_untrained_model_scores_about_chance(data_dir):
     torch.manual_seed(0)
-    res = _trainer().test(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),
-                          verbose=False)
+    res = _trainer().test(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)), verbose=False)
     assert 0.03 < res[0]["test_acc"] < 0.25
 
 
@@ -68,21 +73,26 @@ def test_one_epoch_is_235_batches_each_one_minibatch_and_one_sgd_step(data_dir):
 
 def test_estimated_stepping_batches_counts_sgd_steps(data_dir):
     trainer = _trainer(max_epochs=3)
-    trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),)
+    trainer.fit(
+        SoftmaxRegression(),
+        datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),
+    )
     assert trainer.estimated_stepping_batches == 3 * 235  # what a user's OneCycleLR would span
 
 
 def test_limit_train_batches_and_val_check_interval(data_dir):
     spy = BatchSpy()
-    trainer = _trainer(max_epochs=1, limit_train_batches=120, val_check_interval=50, limit_val_batches=2,
-                       callbacks=[spy])
+    trainer = _trainer(
+        max_epochs=1, limit_train_batches=120, val_check_interval=50, limit_val_batches=2, callbacks=[spy]
+    )
     trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
     assert trainer.global_step == 120 and len(spy.batches) == 120
     assert spy.val_at == [50, 100]
 
     spy = BatchSpy()
     _trainer(max_epochs=1, val_check_interval=0.25, limit_val_batches=1, callbacks=[spy]).fit(
-        SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
+        SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir))
+    )
     assert spy.val_at == [58, 116, 174, 232]  # four times an epoch: every int(0.25 * 235) = 58 batches
 
 
@@ -108,8 +118,9 @@ def test_precision_64_converts_the_batches(data_dir):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             assert batch[0].dtype == torch.float64 and pl_module.W.dtype == torch.float64
 
-    trainer = _trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, precision="64-true",
-                       callbacks=[DtypeSpy()])
+    trainer = _trainer(
+        max_epochs=1, limit_train_batches=3, limit_val_batches=1, precision="64-true", callbacks=[DtypeSpy()]
+    )
     trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
     assert trainer.global_step == 3 and math.isfinite(float(trainer.callback_metrics["val_loss"]))
 
@@ -131,15 +142,22 @@ def test_reload_dataloaders_and_workers_keep_the_same_steps(data_dir):
         torch.manual_seed(0)
         m = SoftmaxRegression()
         _trainer(max_epochs=2, limit_train_batches=20, limit_val_batches=0, **kw).fit(
-            m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), num_workers=workers))
+            m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), num_workers=workers)
+        )
         weights.append(torch.cat([m.W.detach().flatten(), m.b.detach()]))
     assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
 
 
 def test_the_lr_finder_reads_the_step_loss(data_dir):
     m = SoftmaxRegression()
-    finder = Tuner(_trainer(max_epochs=1)).lr_find(m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),
-                                                   min_lr=1e-3, max_lr=10.0, num_training=30, update_attr=False)
+    finder = Tuner(_trainer(max_epochs=1)).lr_find(
+        m,
+        datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),
+        min_lr=1e-3,
+        max_lr=10.0,
+        num_training=30,
+        update_attr=False,
+    )
     losses = finder.results["loss"]
     assert len(losses) >= 10 and all(math.isfinite(v) for v in losses[:10])  # (it stops early once the loss blows up)
     assert finder.suggestion() is not None and 1e-3 <= finder.suggestion() <= 10.0
@@ -162,8 +180,9 @@ def test_hand_written_parts_call_no_torch_shortcuts():
                 assert node.attr not in forbidden, f"{mod.__name__} uses {ast.unparse(node)}"
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch"):
                 names = {a.name for a in node.names}
-                assert node.module != "torch.nn.functional" and not names & forbidden, \
+                assert node.module != "torch.nn.functional" and not names & forbidden, (
                     f"{mod.__name__} imports {names} from {node.module}"
+                )
 
 
 @pytest.mark.parametrize("name", ["data", "callbacks"])
@@ -213,8 +232,9 @@ def test_the_guard_stops_a_finite_loss_whose_gradient_is_not_finite():
     X = torch.zeros(4, 784)
     X[:, 0] = 1.0
     W0 = m.W.detach().clone()
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     with pytest.raises(model.NonFiniteLossError, match=r"the gradient is not finite \(the mean loss is still 102"):
         trainer.fit(m, train_dataloaders=DataLoader(TensorDataset(X, torch.full((4,), 3)), batch_size=4))
     assert torch.equal(m.W.detach(), W0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,8 +27,13 @@ def _train_cmd(root: Path, *args: str) -> list[str]:
     return [sys.executable, "scripts/train.py", *train_args(root, *args)]
 
 
-RENDEZVOUS_ERRORS = (b"Address already in use", b"Connection refused", b"Connection reset", b"DistNetworkError",
-                     b"Gloo connectFullMesh failed")
+RENDEZVOUS_ERRORS = (
+    b"Address already in use",
+    b"Connection refused",
+    b"Connection reset",
+    b"DistNetworkError",
+    b"Gloo connectFullMesh failed",
+)
 
 
 def _run_ddp(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -62,8 +68,7 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
     logs = tmp_path / "killed"
     run = logs / "lightning_logs" / "version_0"
     ckpt = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(_train_cmd(logs, *recipe), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(logs, *recipe), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, epoch_done, seen = time.time() + 900, None, None
         while time.time() < deadline and proc.poll() is None:
@@ -83,8 +88,7 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
     assert state["epoch"] == 1, "the kill should land during epoch 3"
     assert not (run / "metrics.json").exists()
 
-    resumed = subprocess.run(_train_cmd(logs, *recipe, "--ckpt_path=last"), cwd=ROOT, capture_output=True,
-                             timeout=600)
+    resumed = subprocess.run(_train_cmd(logs, *recipe, "--ckpt_path=last"), cwd=ROOT, capture_output=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert not (logs / "lightning_logs" / "version_1").exists()  # resumed into the same run folder
     ref_run = tmp_path / "ref" / "lightning_logs" / "version_0"
@@ -97,8 +101,10 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
 
 
 def test_same_seed_same_run_other_seed_other_weights(tmp_path, data_dir):
-    runs = [run_train(tmp_path / f"r{i}", "--trainer.max_epochs=2", f"--seed_everything={seed}")
-            for i, seed in enumerate((5, 5, 6))]
+    runs = [
+        run_train(tmp_path / f"r{i}", "--trainer.max_epochs=2", f"--seed_everything={seed}")
+        for i, seed in enumerate((5, 5, 6))
+    ]
     assert _comparable(runs[0]) == _comparable(runs[1])
     w = [_weights(Path(r["run_dir"])) for r in runs]
     assert torch.equal(w[0]["W"], w[1]["W"]) and torch.equal(w[0]["b"], w[1]["b"])
@@ -108,8 +114,10 @@ def test_same_seed_same_run_other_seed_other_weights(tmp_path, data_dir):
 
 def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_dir):
     out = tmp_path / "ddp.pt"
-    res = _run_ddp([sys.executable, "tests/ddp_step_check.py", str(out), str(DATA_DIR)],
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = _run_ddp(
+        [sys.executable, "tests/ddp_step_check.py", str(out), str(DATA_DIR)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     got = torch.load(out, weights_only=True)
     assert torch.equal(got["per_rank"][0], got["per_rank"][1])  # identical weights on both ranks
@@ -132,8 +140,15 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_
 
 
 def test_two_process_ddp_training_run(tmp_path, data_dir):
-    res = _run_ddp(_train_cmd(tmp_path / "ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
-                              "--trainer.strategy=ddp", "--trainer.max_epochs=3"))
+    res = _run_ddp(
+        _train_cmd(
+            tmp_path / "ddp",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.max_epochs=3",
+        )
+    )
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     written = list((tmp_path / "ddp").glob("lightning_logs/version_*/metrics.json"))
     assert len(written) == 1  # one run, written by rank 0 only
@@ -148,12 +163,19 @@ def test_three_process_evaluation_counts_every_image_once(tmp_path, data_dir):
     """10,000 images on 3 ranks: no rank pads its share with repeats, so accuracy, loss and the confusion matrix
     equal the single process's (accuracy and counts exactly)."""
     out = tmp_path / "eval.pt"
-    res = _run_ddp([sys.executable, "tests/ddp_eval_check.py", str(out), str(DATA_DIR), "3"],
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = _run_ddp(
+        [sys.executable, "tests/ddp_eval_check.py", str(out), str(DATA_DIR), "3"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     ddp = torch.load(out, weights_only=True)
-    subprocess.run([sys.executable, "tests/ddp_eval_check.py", str(out), str(DATA_DIR), "1"], cwd=ROOT, check=True,
-                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        [sys.executable, "tests/ddp_eval_check.py", str(out), str(DATA_DIR), "1"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     single = torch.load(out, weights_only=True)
     assert int(ddp["confusion"].sum()) == 10000 and torch.equal(ddp["confusion"], single["confusion"])
     assert ddp["val_acc"] == single["val_acc"] and ddp["test_acc"] == single["test_acc"]
@@ -173,10 +195,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_temp(tm
         raise OSError("simulated crash")
 
     monkeypatch.setattr(sl_io.os, "replace", crash)
-    try:
+    with contextlib.suppress(UserError):  # one line for the user
         ckio.save_checkpoint({"epoch": 2, "W": torch.zeros(3)}, target)
-    except UserError:  # one line for the user
-        pass
     assert target.read_bytes() == good  # the last good checkpoint is intact
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no half-written temp file left behind
     assert torch.load(target, weights_only=True)["epoch"] == 1

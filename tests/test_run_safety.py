@@ -22,8 +22,14 @@ from softmax_lightning.cli import main
 from softmax_lightning.runs import RunFolder
 from tests.conftest import ROOT, craft_checkpoint, one_error_line, run_dirs, run_train, snapshot, train_args
 
-SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=10", "--trainer.limit_val_batches=2",
-         "--trainer.log_every_n_steps=5"]
+SHORT = [
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=10",
+    "--trainer.limit_val_batches=2",
+    "--trainer.log_every_n_steps=5",
+]
+
+
 def expect_error(capsys, args: list[str], *fragments: str) -> str:
     """Run train.py's main in-process; it must exit 2 with one error line."""
     assert main(args) == 2
@@ -31,8 +37,14 @@ def expect_error(capsys, args: list[str], *fragments: str) -> str:
 
 
 def train_process(root: Path, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "scripts/train.py", *train_args(root, *args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "scripts/train.py", *train_args(root, *args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +70,13 @@ def last_ckpt(root: Path) -> Path:
 def test_a_crafted_checkpoint_never_runs_its_payload(tmp_path, copy, capsys):
     marker = tmp_path / "PWNED"
     crafted = craft_checkpoint(last_ckpt(copy), tmp_path / "crafted.ckpt", marker)  # otherwise a good checkpoint
-    out = subprocess.run([sys.executable, "scripts/train.py", *train_args(tmp_path / "new", f"--ckpt_path={crafted}")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", *train_args(tmp_path / "new", f"--ckpt_path={crafted}")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and not marker.exists()
     one_error_line(out.stderr, "cannot be loaded safely", str(crafted))
     shutil.copy(crafted, last_ckpt(copy))  # planted as the newest run's last.ckpt, picked by --ckpt_path last
@@ -85,15 +102,30 @@ def test_a_run_killed_after_its_last_checkpoint_is_completed_on_resume(copy):
         (run / name).unlink()
     m = run_train(copy, *SHORT, "--ckpt_path=last")
     assert m["run_dir"] == str(run) and len(run_dirs(copy)) == 1  # completed in place
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "global_step",
-                "train_seconds", "history"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "epochs",
+        "global_step",
+        "train_seconds",
+        "history",
+    ):
         assert m[key] == complete[key], key  # the real run's numbers, not a new run's or a partial set
     assert all((run / f).is_file() for f in ("curves.png", "predictions.png", "weights.png", "confusion.png"))
 
 
-@pytest.mark.parametrize("change,named", [(["--model.lr=0.5"], "--model.lr 0.5 (the checkpoint has 0.1)"),
-                                          (["--config=configs/tuned.yaml"], "model.momentum"),
-                                          (["--data.batch_size=64"], "data.batch_size")])
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (["--model.lr=0.5"], "--model.lr 0.5 (the checkpoint has 0.1)"),
+        (["--config=configs/tuned.yaml"], "model.momentum"),
+        (["--data.batch_size=64"], "data.batch_size"),
+    ],
+)
 def test_changed_settings_are_refused_and_nothing_is_touched(copy, capsys, change, named):
     before = snapshot(copy)
     expect_error(capsys, train_args(copy, *SHORT, "--ckpt_path=last", *change), named, "start a new run")
@@ -117,8 +149,9 @@ def test_resuming_takes_the_runs_own_settings_unless_typed(tmp_path, own_setting
     before = snapshot(root)
     assert main(train_args(root, "--ckpt_path=last")) == 0
     assert "nothing left to train" in capsys.readouterr().out and snapshot(root) == before
-    expect_error(capsys, train_args(root, "--ckpt_path=last", "--model.lr=0.1"),
-                 "--model.lr 0.1 (the checkpoint has 0.3)")
+    expect_error(
+        capsys, train_args(root, "--ckpt_path=last", "--model.lr=0.1"), "--model.lr 0.1 (the checkpoint has 0.3)"
+    )
     expect_error(capsys, train_args(root, "--ckpt_path=last", "--seed_everything=0"), "--seed_everything 0")
     m = run_train(root, "--ckpt_path=last", "--trainer.max_epochs=3", "--model.lr=0.3")
     assert m["epochs"] == 3 and m["global_step"] == 30 and len(run_dirs(root)) == 1
@@ -187,8 +220,11 @@ def test_resuming_into_a_folder_a_live_run_is_writing_is_refused(copy, capsys):
     live = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert live.stdout.readline().strip() == "locked"  # another process holds the run folder now
-        expect_error(capsys, train_args(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last"),
-                     f"in use by process {live.pid}")
+        expect_error(
+            capsys,
+            train_args(copy, *SHORT, "--trainer.max_epochs=3", "--ckpt_path=last"),
+            f"in use by process {live.pid}",
+        )
     finally:
         live.kill()
         live.wait()
@@ -225,8 +261,13 @@ def test_a_full_log_folder_ends_in_one_line(tmp_path, data_dir):
     runs = tmp_path / "runs"
     runs.mkdir()
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, "scripts/train.py", *train_args(runs, *SHORT)])
-    out = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=160k tmpfs {runs} && exec {cmd}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=160k tmpfs {runs} && exec {cmd}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if "mount" in out.stderr and out.returncode != 2:
         pytest.skip(f"cannot mount a small tmpfs here: {out.stderr.strip()[:200]}")
     assert out.returncode == 2
@@ -260,25 +301,33 @@ def test_bad_checkpoint_files_are_one_line_and_leave_no_run_folder(tmp_path, fin
             assert not (tmp_path / "runs" / "lightning_logs").exists() or not run_dirs(tmp_path / "runs"), name
 
 
-@pytest.mark.parametrize("args,text", [
-    (["--model.num_inputs=100"], "--model.num_inputs is not an option: the model's sizes come from the data"),
-    (["--model.num_outputs=5"], "--model.num_outputs is not an option"),
-    (["--model.lr=1e308"], "lr must be a number > 0 and <= 1e+06"),  # (its first update would overflow float32)
-    (["--model.init_std=1e30"], "init_std must be a number >= 0 and <= 1e+06"),
-    (["--model.lr=1e6", "--model.softmax=naive"], "training diverged"),
-    (["--model.init_std=1e6"], "training diverged"),  # finite, but a mean loss about 1e7: beyond DIVERGED
-])
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["--model.num_inputs=100"], "--model.num_inputs is not an option: the model's sizes come from the data"),
+        (["--model.num_outputs=5"], "--model.num_outputs is not an option"),
+        (["--model.lr=1e308"], "lr must be a number > 0 and <= 1e+06"),  # (its first update would overflow float32)
+        (["--model.init_std=1e30"], "init_std must be a number >= 0 and <= 1e+06"),
+        (["--model.lr=1e6", "--model.softmax=naive"], "training diverged"),
+        (["--model.init_std=1e6"], "training diverged"),  # finite, but a mean loss about 1e7: beyond DIVERGED
+    ],
+)
 def test_arguments_that_cannot_train_are_one_line_and_leave_no_run_folder(tmp_path, data_dir, capsys, args, text):
     expect_error(capsys, train_args(tmp_path, *SHORT, *args), text)
     assert not run_dirs(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------- 7. configs
-BILLION_LAUGHS = "\n".join([
-    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
-    *(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)),
-    "model: *i",
-]) + "\n"
+BILLION_LAUGHS = (
+    "\n".join(
+        [
+            'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+            *(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)),
+            "model: *i",
+        ]
+    )
+    + "\n"
+)
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, data_dir, capsys):
@@ -293,8 +342,13 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, data_dir, capsys):
 def test_a_fifo_as_config_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "config.yaml"
     os.mkfifo(fifo)
-    out = subprocess.run([sys.executable, "scripts/train.py", "--config", str(fifo)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config", str(fifo)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     one_error_line(out.stderr, "not a regular file", "--config")
 
@@ -303,6 +357,12 @@ def test_a_fifo_as_config_is_refused_not_waited_on(tmp_path):
 def test_an_empty_config_means_no_overrides(tmp_path, data_dir, text):
     empty = tmp_path / "empty.yaml"
     empty.write_text(text)
-    m = run_train(tmp_path, "--config", str(empty), "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
-                  "--trainer.limit_val_batches=2")
+    m = run_train(
+        tmp_path,
+        "--config",
+        str(empty),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+    )
     assert m["epochs"] == 1 and "lr: 0.1" in (Path(m["run_dir"]) / "config.yaml").read_text()

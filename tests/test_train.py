@@ -20,7 +20,7 @@ from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from softmax_lightning.callbacks import ChapterFigures, EpochLog
-from softmax_lightning.cli import make_cli, main
+from softmax_lightning.cli import main, make_cli
 from softmax_lightning.runs import RunFolder
 from tests.conftest import ROOT, run_dirs, run_train, train_args
 
@@ -56,20 +56,32 @@ def test_tensorboard_scalars_share_lightnings_global_step_axis(chapter_run):
 
 
 def _printed_config(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "scripts/train.py", *args, "--print_config"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", *args, "--print_config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
 
 
 def test_config_files_take_effect():
     """configs/seed.yaml is the chapter's recipe, the defaults; configs/tuned.yaml changes what it says it changes."""
-    default, seed, tuned = _printed_config(), _printed_config("--config", "configs/seed.yaml"), \
-        _printed_config("--config", "configs/tuned.yaml")
+    default, seed, tuned = (
+        _printed_config(),
+        _printed_config("--config", "configs/seed.yaml"),
+        _printed_config("--config", "configs/tuned.yaml"),
+    )
     assert seed == default
     assert (default["model"]["lr"], default["data"]["batch_size"], default["trainer"]["max_epochs"]) == (0.1, 256, 10)
-    assert {k: tuned["model"][k] for k in ("lr", "momentum", "nesterov", "lr_schedule")} == \
-        {"lr": 0.01, "momentum": 0.9, "nesterov": True, "lr_schedule": "cosine"}
+    assert {k: tuned["model"][k] for k in ("lr", "momentum", "nesterov", "lr_schedule")} == {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "nesterov": True,
+        "lr_schedule": "cosine",
+    }
     assert (tuned["data"]["val_size"], tuned["data"]["standardize"], tuned["trainer"]["max_epochs"]) == (5000, True, 50)
 
 
@@ -96,11 +108,19 @@ def test_defaults_fill_only_what_the_user_left_unset(tmp_path, data_dir):
     assert any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
     assert any(isinstance(c, ChapterFigures) for c in trainer.callbacks)
 
-    cli = make_cli([f"--trainer.default_root_dir={tmp_path}", f"--data.data_dir={data_dir}",
-                    "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'csv'}",
-                    "--trainer.profiler=simple", "--trainer.enable_checkpointing=false",
-                    "--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate=7",
-                    "--figures.labels=zh"])
+    cli = make_cli(
+        [
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--data.data_dir={data_dir}",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path / 'csv'}",
+            "--trainer.profiler=simple",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks+=TQDMProgressBar",
+            "--trainer.callbacks.refresh_rate=7",
+            "--figures.labels=zh",
+        ]
+    )
     trainer = cli.trainer
     assert isinstance(trainer.logger, CSVLogger) and trainer.log_dir.startswith(str(tmp_path / "csv"))
     assert isinstance(trainer.profiler, SimpleProfiler)
@@ -112,8 +132,13 @@ def test_defaults_fill_only_what_the_user_left_unset(tmp_path, data_dir):
 
 def test_a_run_with_a_csv_logger_and_no_checkpointing(tmp_path, data_dir):
     root = tmp_path / "elsewhere"
-    m = run_train(root, *SHORT, "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={root}",
-                  "--trainer.enable_checkpointing=false")
+    m = run_train(
+        root,
+        *SHORT,
+        "--trainer.logger=CSVLogger",
+        f"--trainer.logger.save_dir={root}",
+        "--trainer.enable_checkpointing=false",
+    )
     run = Path(m["run_dir"])
     assert run.parent.parent == root and (run / "metrics.csv").is_file() and (run / "curves.png").is_file()
     assert m["checkpoint"] is None and not (run / "checkpoints").exists()
@@ -123,8 +148,14 @@ def test_a_run_with_a_csv_logger_and_no_checkpointing(tmp_path, data_dir):
 @pytest.fixture(scope="module")
 def standardized_run(tmp_path_factory, data_dir) -> dict:
     """A short run whose settings matter for evaluation: standardised inputs, a 1000-image holdout."""
-    return run_train(tmp_path_factory.mktemp("standardized"), *SHORT, "--trainer.limit_train_batches=30",
-                     "--data.standardize=true", "--data.val_size=1000", "--model.lr=0.2")
+    return run_train(
+        tmp_path_factory.mktemp("standardized"),
+        *SHORT,
+        "--trainer.limit_train_batches=30",
+        "--data.standardize=true",
+        "--data.val_size=1000",
+        "--model.lr=0.2",
+    )
 
 
 def test_fit_subcommand_is_lightnings_fit(tmp_path, data_dir):
@@ -190,13 +221,20 @@ def test_predict_py_standardises_its_inputs_as_the_run_did(tmp_path, standardize
 def test_predict_subcommand_writes_into_the_runs_folder(tmp_path, standardized_run):
     run = Path(standardized_run["run_dir"])
     before = run_dirs(run.parent.parent)
-    assert main(["predict", *train_args(run.parent.parent, "--ckpt_path=last", "--trainer.limit_predict_batches=2")]) == 0
+    assert (
+        main(["predict", *train_args(run.parent.parent, "--ckpt_path=last", "--trainer.limit_predict_batches=2")]) == 0
+    )
     assert run_dirs(run.parent.parent) == before and (run / "predict" / "config.yaml").is_file()
 
 
 def test_profiler_option_is_honoured_in_a_real_run(tmp_path, data_dir):
-    run_train(tmp_path, *SHORT, "--trainer.profiler=SimpleProfiler", f"--trainer.profiler.dirpath={tmp_path}",
-              "--trainer.profiler.filename=perf")
+    run_train(
+        tmp_path,
+        *SHORT,
+        "--trainer.profiler=SimpleProfiler",
+        f"--trainer.profiler.dirpath={tmp_path}",
+        "--trainer.profiler.filename=perf",
+    )
     report = (tmp_path / "fit-perf.txt").read_text()
     assert "FIT Profiler Report" in report and "run_training_batch" in report
 
@@ -205,9 +243,19 @@ def test_at_a_terminal_the_progress_bar_counts_the_chapters_235_batches(tmp_path
     """In a terminal (a pseudo-terminal here), Lightning's TQDM bar."""
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
-    proc = subprocess.Popen([sys.executable, "scripts/train.py", f"--trainer.default_root_dir={tmp_path}",
-                             f"--data.data_dir={data_dir}", "--trainer.max_epochs=1", "--trainer.limit_val_batches=2"],
-                            cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/train.py",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--data.data_dir={data_dir}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=2",
+        ],
+        cwd=ROOT,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
     os.close(secondary)
     chunks = []
     while True:
@@ -230,10 +278,21 @@ def test_into_a_file_training_logs_one_line_per_epoch(tmp_path, data_dir):
     """``python scripts/train.py > train.log 2>&1``: plain lines a person can read, the summary at the end."""
     log = tmp_path / "train.log"
     with open(log, "w") as f:
-        code = subprocess.run([sys.executable, "scripts/train.py", f"--trainer.default_root_dir={tmp_path}",
-                               f"--data.data_dir={data_dir}", "--trainer.max_epochs=3",
-                               "--trainer.limit_train_batches=40", "--trainer.limit_val_batches=4"],
-                              cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=300).returncode
+        code = subprocess.run(
+            [
+                sys.executable,
+                "scripts/train.py",
+                f"--trainer.default_root_dir={tmp_path}",
+                f"--data.data_dir={data_dir}",
+                "--trainer.max_epochs=3",
+                "--trainer.limit_train_batches=40",
+                "--trainer.limit_val_batches=4",
+            ],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        ).returncode
     text = log.read_text()
     assert code == 0, text[-2000:]
     lines = text.splitlines()
