@@ -173,16 +173,16 @@ def bench_d2l(epochs: int, data_dir: str, batch_size: int = 256, lr: float = 0.1
     return {"epoch_s": times, "total_s": time.perf_counter() - t0, "test_acc": acc}
 
 
+def accelerator_args(device: str) -> list[str]:
+    """The project's Trainer on ``device``: the CPU unless ``--device cuda``, whatever Lightning would pick."""
+    return ["--trainer.accelerator=cpu"] if device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+
+
 def measure(args: argparse.Namespace, d2l_epochs: int) -> dict[str, dict]:
     """Run floor and project alternately ``args.rounds`` times (pooling their epochs), then d2l; time each."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as root_dir:
-        accel = (
-            ["--trainer.accelerator=cpu"]
-            if args.device == "cpu"
-            else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
-        )
-        accel += project_args(args.project_args)
+        accel = accelerator_args(args.device) + project_args(args.project_args)
         schedule = [
             ("floor", lambda: bench_floor(args.epochs, args.data_dir, device=args.device)),
             ("project", lambda: bench_project(args.epochs, args.data_dir, root_dir, *accel)),
@@ -239,9 +239,7 @@ def check_project_args(tokens: list[str], args: argparse.Namespace) -> None:
             raise UserError(f"--project-args takes scripts/train.py's options for a fresh fit, not {name!r}; drop it")
         if name in ("-h", "--help", "--print_config") or name.endswith(".help"):
             raise UserError(f"--project-args holds {name}, an option that prints and stops; drop it")
-    accel = (
-        ["--trainer.accelerator=cpu"] if args.device == "cpu" else ["--trainer.accelerator=gpu", "--trainer.devices=1"]
-    )
+    accel = accelerator_args(args.device)
     run_folder = RunFolder()
     with tempfile.TemporaryDirectory() as root_dir, contextlib.redirect_stdout(sys.stderr), quiet_lightning():
         try:
