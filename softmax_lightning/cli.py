@@ -34,6 +34,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -138,10 +139,6 @@ class TrainCLI(LightningCLI):
                 f"checkpoint {path} holds W of shape {tuple(resume.checkpoint['state_dict']['W'].shape)}, "
                 f"but Fashion-MNIST needs (784, 10); pass --ckpt_path with a checkpoint of this model"
             )
-        if self.fn != "fit":  # evaluating restores the weights; the checkpoint's own callbacks are not needed
-            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
-        else:  # resuming continues in the run's own folder, whose checkpoints are expected there
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.fn == "fit" and resume.run is not None:
             if rank_zero_only.rank == 0:  # the lock is rank 0's
                 RunFolder.check_free(resume.run)
@@ -172,8 +169,10 @@ class TrainCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         if tcfg.get("logger") in (None, True):
             kwargs["logger"] = self._default_logger(Path(tcfg.get("default_root_dir") or "."), tcfg)
-        if not tcfg.get("plugins"):
-            kwargs["plugins"] = [AtomicCheckpointIO()]
+        plugins = tcfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # the user's own plugins, and atomic checkpoints
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def _default_logger(self, root: Path, tcfg) -> TensorBoardLogger:
@@ -247,9 +246,10 @@ NOISE = ("litlogger", "litmodels", "Seed set to", "Received SIGTERM", "Detected 
 @contextmanager
 def quiet_lightning():
     """Drop lines of noise Lightning prints on every run while the block runs (adverts, the seed, which
-    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and four warnings: a torch
+    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and six warnings: a torch
     deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
-    the seed's bounds (the data module refuses such a seed in one line), and torchmetrics' about restored sums."""
+    the seed's bounds (the data module refuses such a seed in one line), torchmetrics' about restored sums, and two
+    that resuming or evaluating from a run's own checkpoint always meets. All are as before after the block."""
 
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
@@ -270,6 +270,10 @@ def quiet_lightning():
         # resumed before an epoch's end, the train metrics have their sums from the checkpoint, which torchmetrics
         # does not count as updates
         warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
+        # evaluating with --ckpt_path restores the weights; the checkpoint's own callbacks are not needed
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
+        # resuming continues in the run's own folder, whose checkpoints are expected there
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         try:
             yield
         finally:

@@ -13,12 +13,14 @@ before anything runs. Printed numbers of exercises 3 and 5 depend on the thread 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -155,10 +157,20 @@ def exercise2() -> None:
 
 
 # ---------------------------------------------------------------- 3. the fix, in training
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning's notices and every warning off while an exercise trains; both are as before afterwards."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _trainer(**kw) -> L.Trainer:
@@ -174,14 +186,14 @@ def _trainer(**kw) -> L.Trainer:
 
 def naive_vs_stable_run(data_dir: str, lr: float = 100.0, epochs: int = 2, seed: int = 0) -> dict[str, dict]:
     """Train the same seed with the naive and the stable path at a large lr; report how each ended."""
-    _quiet()
     out = {}
     for kind in ("naive", "stable"):
         L.seed_everything(seed, verbose=False)
         model = SoftmaxRegression(lr=lr, softmax=kind)
         try:
             trainer = _trainer(max_epochs=epochs)
-            trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=data_dir, seed=seed))
+            with _quiet():
+                trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=data_dir, seed=seed))
             logged = trainer.callback_metrics  # the last epoch's logged metrics
             out[kind] = {
                 "status": "finished",
@@ -385,10 +397,10 @@ def plot_decisions(res: dict, path: Path) -> None:
 
 def chapter_test_probs(data_dir: str, epochs: int = 10) -> tuple[Tensor, Tensor]:
     """Train the chapter's recipe (seed 0) with a plain Trainer; its probabilities on the test split, and the labels."""
-    _quiet()
     L.seed_everything(0, verbose=False)
     model, dm = SoftmaxRegression(), FashionMNISTDataModule(data_dir=data_dir)
-    _trainer(max_epochs=epochs).fit(model, datamodule=dm)
+    with _quiet():
+        _trainer(max_epochs=epochs).fit(model, datamodule=dm)
     with torch.no_grad():
         return model(dm.test_set.X), dm.test_set.y  # (10000, 10), (10000,)
 

@@ -31,6 +31,7 @@ MAX_SCALE = 1e6  # the largest lr, init_std and weight_decay accepted: far past 
 # 0); much larger values (1e30) overflow the float32 weights within one update, before the loss check can see it
 DIVERGED = 1e6  # a per-sample cross-entropy above this (p(true class) < e^-1000000) means training has blown up
 HALF = (torch.float16, torch.bfloat16)
+SCHEDULE_KEY = "cosine_schedule_steps"  # in a checkpoint: the SGD steps the run's cosine schedule spans
 
 
 class NonFiniteLossError(UserError):
@@ -92,6 +93,7 @@ class SoftmaxRegression(L.LightningModule):
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_outputs, average="micro", validate_args=False)
         for name in ("train_loss", "train_acc"):  # saved in checkpoints: a run resumed in the middle of an epoch (or
             self.metrics[name].persistent(True)  # before its end-of-epoch hooks) still averages the whole epoch
+        self._planned_steps: int | None = None  # the cosine schedule's length in SGD steps (on_train_start)
 
     # ------------------------------------------------------------------ 4. the model
     def logits(self, X: Tensor) -> Tensor:
@@ -123,8 +125,10 @@ class SoftmaxRegression(L.LightningModule):
         l = self.loss(logits, y)  # (batch,)
         self.manual_backward(l.sum())  # the chapter's l.sum().backward()
         self._stop_if_diverged(l)
+        updates = opt.optimizer.updates
         opt.step(batch_size=len(y))  # the chapter's updater(X.shape[0]): param -= lr * grad / batch_size; zero grad
-        if (sched := self.lr_schedulers()) is not None:  # manual optimization: schedulers are stepped here
+        sched = self.lr_schedulers()  # manual optimization: schedulers are stepped here, after each update applied
+        if sched is not None and opt.optimizer.updates > updates:  # (16-mixed's grad scaler may skip a step)
             sched.step()
         self._update_metrics("train", l, logits, y)
         return l.detach().mean()  # mean loss per sample: what tools such as the LR finder read
@@ -207,10 +211,35 @@ class SoftmaxRegression(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The cosine schedule's length, so that a resume which would change it is refused (``_schedule_steps``)."""
+        if self._planned_steps is not None:
+            checkpoint[SCHEDULE_KEY] = self._planned_steps
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint without the train metrics' sums (written before they were saved) loads with empty ones."""
+        """A checkpoint without the train metrics' sums (written before they were saved) loads with empty ones; its
+        ``W`` and ``b`` must be there (strict loading says so). A cosine run keeps its planned length."""
         for name, value in self.state_dict().items():
-            checkpoint["state_dict"].setdefault(name, value)
+            if name.startswith("metrics."):
+                checkpoint["state_dict"].setdefault(name, value)
+        self._planned_steps = checkpoint.get(SCHEDULE_KEY)
+
+    def on_train_start(self) -> None:
+        """The cosine schedule spans the whole run, in SGD steps: planned here, once the training data is set up
+        (reading ``estimated_stepping_batches`` in ``configure_optimizers`` makes Lightning set up the training data
+        before it restores a checkpoint, and the loader's place in the epoch is then not restored: Lightning issue
+        #20550). A resume that would change the run's length (say a larger ``max_epochs``) is refused: the schedule
+        would jump from the middle of its curve."""
+        if self.hparams.lr_schedule != "cosine":
+            return
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self._planned_steps is not None and steps != self._planned_steps:
+            raise UserError(
+                f"this checkpoint's cosine schedule spans {self._planned_steps} SGD steps, but this Trainer would run "
+                f"{steps}; a cosine run resumes only with its own max_epochs, max_steps and limit_train_batches (to "
+                f"train longer, start a new run with the larger --trainer.max_epochs)"
+            )
+        self._planned_steps = steps
 
     # ------------------------------------------------------------------ 7. the hand-written SGD
     def configure_optimizers(self):
@@ -228,18 +257,13 @@ class SoftmaxRegression(L.LightningModule):
             return opt
         if self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
             raise UserError("lr_schedule cosine needs a finite run: set --trainer.max_epochs or --trainer.max_steps")
-        run: dict[str, float] = {}
 
         def cosine(step: int) -> float:
             """The lr factor after ``step`` SGD steps: from 1 down to 0 at the run's last step, along a half cosine."""
             if step == 0:
                 return 1.0
-            # Read at the first step rather than above: reading estimated_stepping_batches in configure_optimizers
-            # makes Lightning set up the training data before it restores a checkpoint, and the loader's place in
-            # the epoch is then not restored (Lightning issue #20550).
-            if "total" not in run:
-                run["total"] = self.trainer.estimated_stepping_batches  # SGD steps in the whole run
-            return 0.5 * (1 + math.cos(math.pi * min(step, run["total"]) / run["total"]))
+            total = self._planned_steps  # (on_train_start plans it)
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
         return {"optimizer": opt, "lr_scheduler": scheduler}  # stepped per batch in training_step

@@ -49,6 +49,7 @@ class ChapterSGD(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        self.updates = 0  # updates applied; a step that a mixed-precision grad scaler skips never reaches step()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], object] | None = None, *, batch_size: int) -> None:  # type: ignore[override]
@@ -81,3 +82,4 @@ class ChapterSGD(torch.optim.Optimizer):
                     g = g + mu * buf if group["nesterov"] else buf
                 p.sub_(lr * g)
                 p.grad.zero_()
+        self.updates += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -170,6 +171,37 @@ def test_a_step_skipped_by_the_grad_scaler_leaves_no_stale_gradient(data_dir):
     assert scaler.get_scale() >= 1 and torch.isfinite(m.W).all()
 
 
+def test_a_step_skipped_by_the_grad_scaler_does_not_advance_the_lr_schedule(data_dir):
+    """16-mixed with cosine: the schedule counts updates applied, so the first update after the skipped steps takes
+    the initial lr, and PyTorch's warning about a scheduler stepped before its optimizer never comes."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    steps, m = Steps(), SoftmaxRegression(lr_schedule="cosine")
+    trainer = _trainer(
+        max_steps=40, limit_val_batches=0, plugins=[MixedPrecision("16-mixed", "cpu", scaler)], callbacks=[steps]
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        trainer.fit(m, datamodule=_data())
+    first = [torch.equal(a[0], b[0]) for a, b in zip(steps.before, steps.after)].index(False)
+    assert first >= 5 and steps.lrs[: first + 1] == [0.1] * (first + 1)  # skipped steps leave the lr at its start
+    updates = trainer.optimizers[0].updates
+    assert updates == 40 - first and trainer.lr_scheduler_configs[0].scheduler.last_epoch == updates
+
+
+def test_the_weights_must_be_in_a_checkpoint_the_module_loads(tmp_path):
+    """Only the train metrics' sums may be missing (a checkpoint from before they were saved): a checkpoint without
+    ``W`` fails Lightning's strict loading instead of leaving the random initial ``W`` in place."""
+    m = SoftmaxRegression()
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("metrics.train_")}
+    ckpt = {"state_dict": state, "hyper_parameters": dict(m.hparams), "pytorch-lightning_version": L.__version__}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert torch.equal(SoftmaxRegression.load_from_checkpoint(tmp_path / "old.ckpt").W, m.W)
+    del state["W"]
+    torch.save(ckpt, tmp_path / "no_w.ckpt")
+    with pytest.raises(RuntimeError, match='Missing key.*"W"'):
+        SoftmaxRegression.load_from_checkpoint(tmp_path / "no_w.ckpt")
+
+
 def test_bf16_mixed_learns_on_the_cpu(data_dir):
     m = SoftmaxRegression()
     trainer = _trainer(max_epochs=1, limit_train_batches=60, limit_val_batches=5, precision="bf16-mixed")
@@ -236,6 +268,23 @@ def test_the_cosine_schedule_is_half_the_lr_at_its_midpoint_and_zero_at_its_end(
         W, b = _sgd_by_hand(*steps.before[i], *steps.batches[i], lr=steps.lrs[i])
         torch.testing.assert_close(steps.after[i][0], W, rtol=0, atol=1e-7)
         torch.testing.assert_close(steps.after[i][1], b, rtol=0, atol=1e-7)
+
+
+def test_a_cosine_run_refuses_a_resume_that_would_change_its_length(tmp_path, data_dir):
+    """The schedule's length is saved with the run: resumed with more epochs, the lr would jump from 0 (where the
+    finished run left it) to the middle of a longer curve, so the resume is refused before any step."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    m = SoftmaxRegression(lr_schedule="cosine")
+    trainer = _trainer(
+        max_epochs=1, limit_train_batches=6, limit_val_batches=0, callbacks=[ckpt], enable_checkpointing=True
+    )
+    trainer.fit(m, datamodule=_data())
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["cosine_schedule_steps"] == 6
+    steps, m = Steps(), SoftmaxRegression(lr_schedule="cosine")
+    trainer = _trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0, callbacks=[steps])
+    with pytest.raises(UserError, match="cosine schedule spans 6 SGD steps, but this Trainer would run 12"):
+        trainer.fit(m, datamodule=_data(), ckpt_path=tmp_path / "last.ckpt")
+    assert not steps.before  # refused before the first step
 
 
 # ---------------------------------------------------------------------------------------------------- devices

@@ -20,6 +20,7 @@ from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from softmax_lightning.callbacks import ChapterFigures, EpochLog
+from softmax_lightning.checkpoint import AtomicCheckpointIO
 from softmax_lightning.cli import main, make_cli
 from softmax_lightning.runs import RunFolder
 from tests.conftest import ROOT, run_dirs, run_train, train_args
@@ -128,6 +129,17 @@ def test_defaults_fill_only_what_the_user_left_unset(tmp_path, data_dir):
     bars = [c for c in trainer.callbacks if isinstance(c, TQDMProgressBar)]
     assert len(bars) == 1 and bars[0].refresh_rate == 7  # the user's bar, not ours as well
     assert [c.labels for c in trainer.callbacks if isinstance(c, ChapterFigures)] == ["zh"]
+
+
+def test_a_users_plugins_keep_the_atomic_checkpoint_writer(tmp_path, data_dir):
+    """A plugin the user passes (here a cluster environment) is added to ours, not put in place of it; a checkpoint
+    writer of their own replaces ours."""
+    env = "lightning.fabric.plugins.environments.LightningEnvironment"
+    trainer = _cli(tmp_path, f"--trainer.plugins={env}").trainer
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    own = "lightning.fabric.plugins.io.TorchCheckpointIO"
+    trainer = _cli(tmp_path, f"--trainer.plugins={own}").trainer
+    assert type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO"
 
 
 def test_a_run_with_a_csv_logger_and_no_checkpointing(tmp_path, data_dir):
