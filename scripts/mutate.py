@@ -392,6 +392,14 @@ MUTATIONS: list[Mutation] = [
         (f"{PATHS}::test_the_weights_must_be_in_a_checkpoint_the_module_loads",),
     ),
     M(
+        "ddp-checkpoint-keeps-rank-0-sums",
+        "softmax_lightning/model.py",
+        "        if self.trainer.world_size > 1:\n",
+        "        if False:\n",
+        "under DDP a checkpoint keeps rank 0's train sums only: an epoch resumed from its middle averages them twice",
+        ("tests/test_reliability.py::test_a_ddp_epoch_resumed_from_its_middle_averages_every_rank_once",),
+    ),
+    M(
         "train-metrics-not-persistent",
         "softmax_lightning/model.py",
         "self.metrics[name].persistent(True)",

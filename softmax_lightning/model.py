@@ -27,6 +27,7 @@ from softmax_lightning.functional import cross_entropy, cross_entropy_naive, sof
 from softmax_lightning.optim import ChapterSGD
 
 STAGES = ("train", "val", "test")
+TRAIN_SUMS = ("train_loss", "train_acc")  # the metrics whose running sums a checkpoint keeps
 MAX_SCALE = 1e6  # the largest lr, init_std and weight_decay accepted: far past divergence (the chapter: 0.1, 0.01,
 # 0); much larger values (1e30) overflow the float32 weights within one update, before the loss check can see it
 DIVERGED = 1e6  # a per-sample cross-entropy above this (p(true class) < e^-1000000) means training has blown up
@@ -91,8 +92,8 @@ class SoftmaxRegression(L.LightningModule):
         for stage in STAGES:
             self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")  # non-finite losses stop training
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_outputs, average="micro", validate_args=False)
-        for name in ("train_loss", "train_acc"):  # saved in checkpoints: a run resumed in the middle of an epoch (or
-            self.metrics[name].persistent(True)  # before its end-of-epoch hooks) still averages the whole epoch
+        for name in TRAIN_SUMS:  # saved in checkpoints: a run resumed in the middle of an epoch (or before its
+            self.metrics[name].persistent(True)  # end-of-epoch hooks) still averages the whole epoch
         self._planned_steps: int | None = None  # the cosine schedule's length in SGD steps (on_train_start)
 
     # ------------------------------------------------------------------ 4. the model
@@ -199,7 +200,7 @@ class SoftmaxRegression(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """A new epoch starts from empty train metrics (a checkpoint saved at an epoch's end may hold its sums;
         Lightning does not call this hook when it resumes in the middle of an epoch, whose sums it restored)."""
-        for name in ("train_loss", "train_acc"):
+        for name in TRAIN_SUMS:
             self.metrics[name].reset()
 
     def on_train_epoch_end(self) -> None:
@@ -212,16 +213,27 @@ class SoftmaxRegression(L.LightningModule):
         self._log_epoch("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The cosine schedule's length, so that a resume which would change it is refused (``_schedule_steps``)."""
+        """Under DDP every rank builds the checkpoint and rank 0 writes it: the train metrics' sums saved are those
+        of all ranks (``on_load_checkpoint`` gives them back to rank 0 alone). And the cosine schedule's length, so
+        that a resume which would change it is refused (``on_train_start``)."""
+        if self.trainer.world_size > 1:
+            for name in TRAIN_SUMS:
+                with self.metrics[name].sync_context():  # (a collective: every rank is here)
+                    for key, value in self.metrics[name].metric_state.items():
+                        checkpoint["state_dict"][f"metrics.{name}.{key}"] = value.clone()
         if self._planned_steps is not None:
             checkpoint[SCHEDULE_KEY] = self._planned_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint without the train metrics' sums (written before they were saved) loads with empty ones; its
-        ``W`` and ``b`` must be there (strict loading says so). A cosine run keeps its planned length."""
+        """The train metrics' sums resume on rank 0 and start from zero on the other ranks (the sums saved are those
+        of all ranks), and a checkpoint without them (written before they were saved) loads with empty ones. ``W``
+        and ``b`` must be there: strict loading says so. A cosine run keeps its planned length."""
+        state = checkpoint["state_dict"]
         for name, value in self.state_dict().items():
-            if name.startswith("metrics."):
-                checkpoint["state_dict"].setdefault(name, value)
+            if name.startswith(tuple(f"metrics.{m}." for m in TRAIN_SUMS)) and self.global_rank > 0:
+                state[name] = torch.zeros_like(value)
+            elif name.startswith("metrics."):
+                state.setdefault(name, torch.zeros_like(value))
         self._planned_steps = checkpoint.get(SCHEDULE_KEY)
 
     def on_train_start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -110,6 +111,20 @@ def test_same_seed_same_run_other_seed_other_weights(tmp_path, data_dir):
     assert torch.equal(w[0]["W"], w[1]["W"]) and torch.equal(w[0]["b"], w[1]["b"])
     assert not torch.equal(w[0]["W"], w[2]["W"])
     assert [r["train_loss"] for r in runs[0]["history"]] != [r["train_loss"] for r in runs[2]["history"]]
+
+
+def test_a_ddp_epoch_resumed_from_its_middle_averages_every_rank_once(tmp_path, data_dir):
+    """Every rank builds the checkpoint, rank 0 writes it: the train metrics' sums saved must be all ranks', resumed on
+    rank 0 only, so the resumed epoch's train_loss and train_acc equal the run's that was never interrupted."""
+    out = tmp_path / "resume.pt"
+    res = _run_ddp(
+        [sys.executable, "tests/ddp_resume_check.py", str(out), str(DATA_DIR), str(tmp_path / "ckpts")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    got = torch.load(out, weights_only=True)
+    for name in ("train_loss", "train_acc"):
+        assert math.isclose(got["resumed"][name], got["whole"][name], rel_tol=1e-6), (name, got)
 
 
 def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path, data_dir):
