@@ -386,8 +386,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "checkpoint-fills-missing-weights",
         "softmax_lightning/model.py",
-        '            if name.startswith("metrics."):\n                checkpoint["state_dict"].setdefault(name, value)',
-        '            checkpoint["state_dict"].setdefault(name, value)',
+        '            elif name.startswith("metrics."):',
+        "            else:",
         "a checkpoint without W loads silently, keeping the random initial W",
         (f"{PATHS}::test_the_weights_must_be_in_a_checkpoint_the_module_loads",),
     ),
@@ -410,7 +410,7 @@ MUTATIONS: list[Mutation] = [
     M(
         "epoch-start-reset-removed",
         "softmax_lightning/model.py",
-        '        for name in ("train_loss", "train_acc"):\n            self.metrics[name].reset()\n',
+        "        for name in TRAIN_SUMS:\n            self.metrics[name].reset()\n",
         "",
         "a new epoch starts from the train metrics restored from an epoch-end checkpoint, not from empty ones",
         (RESUME_AT["sparse validation"], RESUME_AT["no validation"]),
