@@ -79,7 +79,7 @@ for label, (en, zh) in enumerate(zip(class_names("en"), class_names("zh"))):
 # %% [markdown]
 # ## 2. 初始化模型参数 · Initializing the model parameters
 #
-# `W ~ N(0, 0.01)` of shape `(784, 10)` and `b = 0` of shape `(10,)` are the parameters of `SoftmaxRegression`.
+# `W ~ N(0, 0.01²)` of shape `(784, 10)` and `b = 0` of shape `(10,)` are the parameters of `SoftmaxRegression`.
 # Seeding with 0 first gives the same `W`, and so the same run, as `python scripts/train.py` (`seed_everything: 0`).
 
 # %%
@@ -183,7 +183,7 @@ def evaluate_accuracy(net, data_iter):
 
 
 print(f"evaluate_accuracy(net, test_iter) = {evaluate_accuracy(net, test_iter):.4f}")
-net.train()  # back to training mode (the chapter's train_epoch_ch3 does this for an nn.Module)
+_ = net.train()  # back to training mode (the chapter's train_epoch_ch3 does this for an nn.Module)
 
 # %% [markdown]
 # In Lightning, the same loop is the `Trainer`'s test loop: `SoftmaxRegression.test_step` feeds every test minibatch
@@ -240,7 +240,7 @@ for seed in range(6):
 # First the chapter's own `train_epoch_ch3` and `train_ch3`, written out, on the same `train_iter` and `test_iter`.
 # Two details make it the very computation the Lightning run below makes, number for number:
 #
-# * the same start: `W ~ N(0, 0.01)` drawn right after seeding with 0, `b = 0` (the `W` of `net` above);
+# * the same start: `W ~ N(0, 0.01²)` drawn right after seeding with 0, `b = 0` (the `W` of `net` above);
 # * the same minibatches: `train_iter` shuffles with `randperm` seeded with `seed + epoch` (`EpochShuffle`), so
 #   calling `set_epoch(epoch)` before each epoch, as Lightning does, gives Lightning's order.
 #
@@ -419,9 +419,9 @@ display(Image(figures.save_png(fig)))
 # Σ_i x_i · (W[i, a] - W[i, b])`. The pixels where `W[:, a] - W[:, b]` is far from zero are the ones that separate
 # `a` from `b`. Here are the three pairs of classes the trained model confuses most on the test split (a pair counts
 # its mistakes both ways), with test images mistaken each way. Take T-shirt/top and Shirt: the blue stripes down both
-# sides of their difference are where long sleeves hang, and they speak for Shirt; so the T-shirts taken for shirts
-# below have long sleeves, and the shirts taken for T-shirts short ones. A linear model weighs single pixels: it
-# cannot tell a collar or buttons from a print on a T-shirt.
+# sides of their difference are where long sleeves hang, and they speak for Shirt; so long-sleeved T-shirts are
+# taken for shirts, and the shirts taken for T-shirts have short sleeves. A linear model weighs single pixels: it
+# cannot tell a collar or buttons from a print on a T-shirt, so a printed T-shirt can be taken for a shirt too.
 
 # %%
 matrix, examples = torch.zeros(10, 10, dtype=torch.long), ConfusionExamples(per_pair=4)

@@ -34,7 +34,7 @@ import torch
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from softmax_lightning import functional as F
+from softmax_lightning import functional
 from softmax_lightning.cli import make_cli, quiet_lightning, run_recipe  # the same CLI as scripts/train.py
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError, one_line
@@ -109,16 +109,20 @@ def bench_floor(
         for idx in order.split(batch_size):
             X, y = Xtr.index_select(0, idx), ytr.index_select(0, idx)  # as InMemoryDataset.__getitems__
             logits = X.reshape(-1, 784) @ W + b
-            l = F.cross_entropy(logits, y)
+            l = functional.cross_entropy(logits, y)
             l.sum().backward()
             with torch.no_grad():
                 for p in (W, b):  # d2l.sgd, written as ChapterSGD writes it: p -= lr * p.grad / batch_size
                     p.sub_(p.grad * (lr / len(y)))
                     p.grad.zero_()
-            loss_sum, correct, n = loss_sum + float(l.sum()), correct + float(F.accuracy(logits, y)), n + len(y)
+            loss_sum, correct, n = (
+                loss_sum + float(l.sum()),
+                correct + float(functional.accuracy(logits, y)),
+                n + len(y),
+            )
         with torch.no_grad():
             test_correct = sum(
-                float(F.accuracy(Xte[i : i + batch_size].reshape(-1, 784) @ W + b, yte[i : i + batch_size]))
+                float(functional.accuracy(Xte[i : i + batch_size].reshape(-1, 784) @ W + b, yte[i : i + batch_size]))
                 for i in range(0, len(yte), batch_size)
             )
         acc = test_correct / len(yte)
@@ -148,13 +152,13 @@ def bench_d2l(epochs: int, data_dir: str, batch_size: int = 256, lr: float = 0.1
     b = torch.zeros(10, requires_grad=True)
 
     def net(X):
-        return F.softmax_naive(torch.matmul(X.reshape((-1, W.shape[0])), W) + b)
+        return functional.softmax_naive(torch.matmul(X.reshape((-1, W.shape[0])), W) + b)
 
     def evaluate_accuracy(data_iter):
         metric = [0.0, 0.0]
         with torch.no_grad():
             for X, y in data_iter:
-                metric[0] += float(F.accuracy(net(X), y))
+                metric[0] += float(functional.accuracy(net(X), y))
                 metric[1] += y.numel()
         return metric[0] / metric[1]
 
@@ -162,7 +166,7 @@ def bench_d2l(epochs: int, data_dir: str, batch_size: int = 256, lr: float = 0.1
     for _ in range(epochs):
         start = time.perf_counter()
         for X, y in train_iter:
-            l = F.cross_entropy_naive(net(X), y)
+            l = functional.cross_entropy_naive(net(X), y)
             l.sum().backward()
             with torch.no_grad():  # d2l.sgd
                 for param in (W, b):

@@ -301,7 +301,8 @@ class ChapterFigures(EpochHistory):
                 conf, preds = pl_module(X.to(pl_module.device, pl_module.dtype)).max(1)
             figs["predictions"] = figures.plot_predictions(X, y, preds.cpu(), self.labels, conf.float().cpu())
         if self.confusion is not None:
-            figs["confusion"] = figures.plot_confusion(self.confusion, self.labels)
+            split = "test split" if self.val_name == "test" else "validation"
+            figs["confusion"] = figures.plot_confusion(self.confusion, self.labels, f"{split}: confusion matrix")
             figs["confusions"] = figures.plot_confusions(
                 pl_module.W,
                 most_confused_pairs(self.confusion),
@@ -322,12 +323,16 @@ class EpochLog(ProgressBar, EpochHistory):
     The training script uses it instead of the TQDM bar when stdout is not a terminal (a file, a pipe, CI, a
     scheduler). Each line holds the epoch, the train loss and accuracy, the val accuracy and the epoch's seconds; it is
     written when the epoch's metrics are all logged (the next epoch's start, or the end of training).
+
+    Args:
+        val_name: ``"test"`` labels the val accuracy ``test_acc``, for a validation that runs on the test split.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, val_name: str = "val") -> None:
         ProgressBar.__init__(self)
         EpochHistory.__init__(self)  # (ProgressBar's __init__ does not call the next one's)
         self._enabled = True
+        self.val_name = val_name
 
     def disable(self) -> None:
         self._enabled = False
@@ -337,5 +342,6 @@ class EpochLog(ProgressBar, EpochHistory):
 
     def on_history_row(self, trainer: L.Trainer, row: dict[str, float]) -> None:
         if self._enabled:
-            values = "  ".join(f"{k} {row[k]:.4f}" for k in SERIES if k != "val_loss" and k in row)
+            names = {"val_acc": f"{self.val_name}_acc"}
+            values = "  ".join(f"{names.get(k, k)} {row[k]:.4f}" for k in SERIES if k != "val_loss" and k in row)
             print(f"epoch {row['epoch']}/{trainer.max_epochs}  {values}  {row['seconds']:.1f} s", flush=True)

@@ -147,7 +147,8 @@ class TrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         """The user's Trainer options, with our defaults only where they left a choice unset."""
-        tcfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        tcfg = init.trainer
         callbacks = list(tcfg.get("callbacks") or [])
         fitting = self.fn == "fit"
         if (
@@ -165,7 +166,9 @@ class TrainCLI(LightningCLI):
         if not fitting and tcfg.get("enable_checkpointing") is None:
             kwargs["enable_checkpointing"] = False  # evaluating writes no checkpoints
         if tcfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH) if sys.stdout.isatty() else EpochLog())
+            val_name = init.figures.val_name  # "test" when validation runs on the test split
+            bar = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH, leave=True)  # (leave: one bar kept per epoch)
+            callbacks.append(bar if sys.stdout.isatty() else EpochLog(val_name))
         kwargs["callbacks"] = callbacks
         if tcfg.get("logger") in (None, True):
             kwargs["logger"] = self._default_logger(Path(tcfg.get("default_root_dir") or "."), tcfg)

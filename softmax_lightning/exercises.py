@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from softmax_lightning import decisions as D
-from softmax_lightning import functional as F
+from softmax_lightning import functional
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError, one_line
 from softmax_lightning.fashion_mnist import find_raw_files, load_split
@@ -50,7 +50,7 @@ def overflow_table() -> list[dict]:
     for m in (10.0, 50.0, 88.0, 89.0, 100.0, 1000.0, -110.0, -750.0):
         for dtype in (torch.float32, torch.float64):
             X = torch.tensor([[m, m - 1, m - 2]], dtype=dtype)
-            naive, stable = F.softmax_naive(X)[0], F.softmax(X)[0]
+            naive, stable = functional.softmax_naive(X)[0], functional.softmax(X)[0]
             rows.append(
                 {
                     "max": m,
@@ -89,9 +89,11 @@ def exercise1() -> None:
 
 # ---------------------------------------------------------------- 2. the log's domain
 GRAD_PATHS = {  # logits -> loss, three ways
-    "chapter": lambda z, y: F.cross_entropy_naive(F.softmax_naive(z), y),  # the chapter's two cells
-    "stable softmax, then -log": lambda z, y: F.cross_entropy_naive(F.softmax(z), y),  # fixes exercise 1 only
-    "log-sum-exp": F.cross_entropy,  # never forms the probability
+    "chapter": lambda z, y: functional.cross_entropy_naive(functional.softmax_naive(z), y),  # the chapter's two cells
+    "stable softmax, then -log": lambda z, y: functional.cross_entropy_naive(
+        functional.softmax(z), y
+    ),  # fixes exercise 1 only
+    "log-sum-exp": functional.cross_entropy,  # never forms the probability
 }
 
 
@@ -115,7 +117,7 @@ def log_domain_table(
         logits, y = torch.tensor([[0.0, -gap]]), torch.tensor([1])  # the true class trails the other by `gap`
         row = {
             "gap": gap,
-            "p_true": float(F.softmax(logits)[0, 1]),
+            "p_true": float(functional.softmax(logits)[0, 1]),
             "exact": gap + math.log1p(math.exp(-gap)),
             "torch": float(torch.nn.functional.cross_entropy(logits, y)),
         }
@@ -537,7 +539,7 @@ def row_layout(d: int, K: int) -> Tensor:
 def full_step(X: Tensor, y: Tensor, W: Tensor, b: Tensor, lr: float = 0.1) -> None:
     """One hand-written SGD step of softmax regression over all K classes (``W``: ``(K, d)``, ``b``: ``(K,)``)."""
     Wg, bg = W.detach().requires_grad_(), b.detach().requires_grad_()  # the same memory, tracked by autograd
-    F.cross_entropy(X @ Wg.T + bg, y).sum().backward()  # (batch, d) @ (d, K) -> (batch, K)
+    functional.cross_entropy(X @ Wg.T + bg, y).sum().backward()  # (batch, d) @ (d, K) -> (batch, K)
     with torch.no_grad():
         W.sub_(Wg.grad, alpha=lr / len(y))
         b.sub_(bg.grad, alpha=lr / len(y))
@@ -573,7 +575,7 @@ def sampled_step(
     z_true = (X * Wc[yl]).sum(1) + bc[yl]  # (batch,)
     z_neg = X @ Wc[nl].T + bc[nl]  # (batch, d) @ (d, S) -> (batch, S)
     logits = sampled_logits(z_true, z_neg, y, neg, log_q)
-    F.cross_entropy(logits, torch.zeros_like(y)).sum().backward()
+    functional.cross_entropy(logits, torch.zeros_like(y)).sum().backward()
     with torch.no_grad():
         W.index_add_(0, cand, Wc.grad, alpha=-lr / len(y))
         b.index_add_(0, cand, bc.grad, alpha=-lr / len(y))
@@ -637,7 +639,7 @@ def evaluate(X: Tensor, y: Tensor, W: Tensor, b: Tensor, rare: Tensor) -> dict:
         right = (logits.argmax(1) == y).float()
         return {
             "acc": float(right.mean()),
-            "ppl": math.exp(float(F.cross_entropy(logits, y).mean())),
+            "ppl": math.exp(float(functional.cross_entropy(logits, y).mean())),
             "rare_acc": float(right[rare[y]].mean()) if rare[y].any() else float("nan"),
         }
 
@@ -709,9 +711,9 @@ def sampled_gradient_error(
         neg = torch.multinomial(Q, n_sampled, replacement=True, generator=gen)
         z = logits.detach().requires_grad_()  # (batch, K)
         lg = sampled_logits(z.gather(1, y[:, None])[:, 0], z[:, neg], y, neg, log_q)
-        F.cross_entropy(lg, torch.zeros_like(y)).sum().backward()
+        functional.cross_entropy(lg, torch.zeros_like(y)).sum().backward()
         mean_grad += z.grad / draws
-    full = F.cross_entropy_grad(logits, y)  # softmax(z) - onehot(y)
+    full = functional.cross_entropy_grad(logits, y)  # softmax(z) - onehot(y)
     return float((mean_grad - full).abs().sum(1).mean())
 
 

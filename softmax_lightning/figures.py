@@ -225,7 +225,7 @@ def plot_weights(W: Tensor, labels: str = "en"):
         ax, anchors = _mosaic_axes(fig, w.T.reshape(-1, 28, 28), nrow=2, gap=8, cmap="bwr", vmin=-lim, vmax=lim)
         for (x, y), name in zip(anchors, names):  # (784, 10) -> (10, 28, 28): one template per class
             ax.text(x, y, name, ha="center", va="bottom", fontsize=9)
-        fig.suptitle("W's columns: what each class looks for", fontsize=10)
+        fig.suptitle("W's columns: what each class looks for (red: positive weight, blue: negative)", fontsize=10)
     return fig
 
 

@@ -99,12 +99,13 @@ def cross_entropy_naive(y_hat: Tensor, y: Tensor) -> Tensor:
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Stable cross-entropy from logits: ``-log_softmax(logits)[range(n), y]`` (finite for finite logits).
 
-    It never forms the true class's probability, so its value and gradient stay right however far that class trails.
-    ``cross_entropy_naive(softmax(logits), y)`` agrees with it to float32 rounding only while that probability is a
-    normal float32 (the true logit less than ~87 below the max). Further down, its gradient is already ``inf``/``nan``
-    (from ~89: ``1/p`` overflows) while its loss is still right; the loss itself loses digits once ``p`` is a tiny
-    subnormal (0.02 off at 100, up to 0.7 just below 104) and is ``inf`` past ~104 (exercise 2). Gradients come from
-    autograd, as in the chapter; the hand-written backward is ``cross_entropy_grad`` below.
+    Why not the chapter's two steps, softmax then ``-log``? A probability can round to 0 in float32, and ``-log(0)``
+    is ``inf``. Working from the logits never forms that probability, so the value and the gradient stay right however
+    far the true class trails. (The numbers, from exercise 2: ``cross_entropy_naive(softmax(logits), y)`` agrees with
+    it to float32 rounding while the true logit is less than ~87 below the max; from ~89 its gradient is already
+    ``inf``/``nan`` (``1/p`` overflows) while its loss is still right; the loss loses digits once ``p`` is a tiny
+    subnormal (0.02 off at 100, up to 0.7 just below 104) and is ``inf`` past ~104.) Gradients come from autograd, as
+    in the chapter; the hand-written backward is ``cross_entropy_grad`` below.
 
     Args:
         logits: unnormalised scores, shape ``(batch, classes)``.

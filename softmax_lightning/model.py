@@ -47,7 +47,7 @@ class SoftmaxRegression(L.LightningModule):
         num_inputs: pixels per image (28 * 28).
         num_outputs: number of classes.
         lr: learning rate of the hand-written SGD (the chapter: 0.1).
-        init_std: ``W ~ N(0, init_std)``, ``b = 0`` (the chapter: 0.01).
+        init_std: the standard deviation of ``W ~ N(0, init_std²)``; ``b = 0`` (the chapter: 0.01).
         softmax: ``"stable"`` (log-sum-exp from logits, default) or ``"naive"`` (the chapter's exact cells).
         momentum, nesterov, weight_decay: extensions of the hand-written SGD (0 / False / 0 is the chapter).
         lr_schedule: ``"constant"`` (the chapter) or ``"cosine"`` (annealed to 0 over the run, stepped per batch).
