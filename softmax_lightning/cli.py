@@ -249,10 +249,10 @@ NOISE = ("litlogger", "litmodels", "Seed set to", "Received SIGTERM", "Detected 
 @contextmanager
 def quiet_lightning():
     """Drop lines of noise Lightning prints on every run while the block runs (adverts, the seed, which
-    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and six warnings: a torch
+    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and seven warnings: a torch
     deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
-    the seed's bounds (the data module refuses such a seed in one line), torchmetrics' about restored sums, and two
-    that resuming or evaluating from a run's own checkpoint always meets. All are as before after the block."""
+    the seed's bounds (the data module refuses such a seed in one line), torchmetrics' about restored sums, and three
+    that resuming or evaluating from a run's own checkpoint meets. All are as before after the block."""
 
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
@@ -277,6 +277,8 @@ def quiet_lightning():
         warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
         # resuming continues in the run's own folder, whose checkpoints are expected there
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # a run folder that was moved keeps writing its own checkpoints, wherever it is now (docs/reliability.md)
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         try:
             yield
         finally:

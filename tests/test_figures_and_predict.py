@@ -127,12 +127,14 @@ def _bad(tmp_path, chapter_run):
     }
 
 
-def test_each_bad_input_gives_one_line_and_exit_2(chapter_run, tmp_path):
+def test_each_bad_input_gives_one_line_and_exit_2(chapter_run, tmp_path, capsys):
+    """In this process (``tests/test_explain.py`` runs the tool as a real process for a bad input too)."""
     for case, (args, text) in _bad(tmp_path, chapter_run).items():
         before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-        out = _run_predict(*args)
-        assert out.returncode == 2, (case, out.stderr)
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], (case, out.stderr)
-        assert "Traceback" not in out.stderr
+        code = predict_main(args)
+        err = capsys.readouterr().err
+        assert code == 2, (case, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], (case, err)
+        assert "Traceback" not in err
         assert before == {p: p.read_bytes() for p in before}  # nothing of the user's changed

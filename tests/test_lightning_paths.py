@@ -270,6 +270,7 @@ def test_the_cosine_schedule_is_half_the_lr_at_its_midpoint_and_zero_at_its_end(
         torch.testing.assert_close(steps.after[i][1], b, rtol=0, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # (no checkpoints are needed)
 def test_a_cosine_run_refuses_a_resume_that_would_change_its_length(tmp_path, data_dir):
     """The schedule's length is saved with the run: resumed with more epochs, the lr would jump from 0 (where the
     finished run left it) to the middle of a longer curve, so the resume is refused before any step."""

@@ -62,7 +62,9 @@ def _comparable(metrics: dict) -> dict:
 def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir, recipe):
     """SIGKILL in the middle of epoch 3, then ``--ckpt_path last``: the same weights, bit for bit, and the same
     metrics.json as a run never interrupted; the tuned recipe's momentum, Nesterov and cosine schedule included."""
-    recipe = [*recipe, "--trainer.max_epochs=4", "--data.batch_size=64", "--seed_everything=3"]  # longer epochs
+    # more steps per epoch (batch 64), 400 of them: long enough to kill inside epoch 3, short enough for make test
+    recipe = [*recipe, "--trainer.max_epochs=4", "--data.batch_size=64", "--trainer.limit_train_batches=400"]
+    recipe += ["--seed_everything=3"]
     ref = subprocess.run(_train_cmd(tmp_path / "ref", *recipe), cwd=ROOT, capture_output=True, timeout=600)
     assert ref.returncode == 0, ref.stderr.decode()[-2000:]
 
@@ -103,7 +105,12 @@ def test_kill_during_epoch_3_then_resume_is_bitwise_identical(tmp_path, data_dir
 
 def test_same_seed_same_run_other_seed_other_weights(tmp_path, data_dir):
     runs = [
-        run_train(tmp_path / f"r{i}", "--trainer.max_epochs=2", f"--seed_everything={seed}")
+        run_train(
+            tmp_path / f"r{i}",
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=60",
+            f"--seed_everything={seed}",
+        )
         for i, seed in enumerate((5, 5, 6))
     ]
     assert _comparable(runs[0]) == _comparable(runs[1])

@@ -313,7 +313,7 @@ def test_into_a_file_training_logs_one_line_per_epoch(tmp_path, data_dir):
     assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
     # validation runs on the test split (the chapter's "test acc"), and the lines say so, as the summary does
     assert all(k in epochs[0] for k in ("train_loss", "train_acc", "test_acc", " s")) and "val_acc" not in text
-    summary = lines.index(next(line for line in lines if "test_acc" in line and "train_loss" in line))
+    summary = lines.index(next(line for line in lines if "test_acc" in line and "train_seconds" in line))
     assert summary > lines.index(epochs[-1]) and "run folder:" in text.split(lines[summary])[1]
 
 
