@@ -487,6 +487,13 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace, photos: list[
                 else f"the {len(answered)} answered ({len(records) - len(answered)} of {len(records)} abstained)"
             )
             print(f"accuracy on {which}: {acc:.3f}")
+        if len(answered) < len(records):  # p is the top probability there: say why a confident image was not answered
+            rule = (
+                f"every class's expected cost (--cost-matrix) is above --abstain-cost {args.abstain_cost:g}"
+                if args.cost_matrix is not None
+                else f"the top probability p is below {1 - args.abstain_cost:g} (Chow's rule)"
+            )
+            print(f"(abstain): {rule}")
     sys.stdout.flush()  # before the notes below, so that they follow the table in a terminal
     for key, path in report.get("figures", {}).items():
         extra = (

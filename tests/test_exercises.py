@@ -300,7 +300,7 @@ def test_4_predict_checks_decision_options_before_loading_anything(tmp_path, cap
     one_error_line(err, text)
 
 
-def test_4_predict_decision_options_as_a_process(chapter_run, tmp_path):
+def test_4_predict_decision_options_as_a_process(chapter_run, tmp_path, capsys):
     cmd = [
         sys.executable,
         "scripts/predict.py",
@@ -321,6 +321,11 @@ def test_4_predict_decision_options_as_a_process(chapter_run, tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
     assert len(json.loads(res.stdout)["predictions"]) == 50
+    from softmax_lightning.predict import main as predict_main  # the table says why confident images were not answered
+
+    assert predict_main([*cmd[2:6], *cmd[7:13]]) == 0  # the same, with neither --json nor --prior
+    table = capsys.readouterr().out
+    assert "(abstain)" in table and "(abstain): every class's expected cost (--cost-matrix) is above" in table
     bad = subprocess.run([*cmd[:-2], "--prior", "3"], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert bad.returncode == 2 and bad.stdout == ""
     one_error_line(bad.stderr, "--prior")
