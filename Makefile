@@ -47,8 +47,9 @@ exercises: setup data
 tensorboard: setup
 	.venv/bin/tensorboard --logdir lightning_logs $(ARGS)
 
+# Into a log file or a pipe (not a terminal), uv is --quiet: no list of the 109 packages in `make train > train.log`.
 setup: $(UVSTAMP) fonts
-	$(SYNC) $(if $(wildcard $(NBMARK)),--extra notebook)
+	$(SYNC) $(if $(wildcard $(NBMARK)),--extra notebook) $$([ -t 1 ] || echo --quiet)
 
 # uv itself, pinned, in a small venv of its own made with python3 (nothing to install by hand). python3's own pip
 # installs it there (quicker than a venv with pip inside); without a usable pip, the venv gets one from ensurepip.
