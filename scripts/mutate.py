@@ -362,8 +362,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "cosine-spans-one-epoch",
         "softmax_lightning/model.py",
-        "steps = int(self.trainer.estimated_stepping_batches)",
-        "steps = int(self.trainer.num_training_batches)",
+        "steps = self.trainer.estimated_stepping_batches\n",
+        "steps = self.trainer.num_training_batches\n",
         "the cosine schedule reaches 0 after one epoch instead of at the run's end",
         (COSINE, f"{MODEL}::test_cosine_schedule_reaches_zero_on_the_last_step"),
     ),
@@ -378,9 +378,17 @@ MUTATIONS: list[Mutation] = [
     M(
         "cosine-resume-length-unchecked",
         "softmax_lightning/model.py",
-        "if self._planned_steps is not None and steps != self._planned_steps:",
+        "if planned is not None and steps != planned:",
         "if False:",
         "a cosine run resumed with more epochs restarts its schedule from the middle of a longer curve",
+        (f"{PATHS}::test_a_cosine_run_refuses_a_resume_that_would_change_its_length",),
+    ),
+    M(
+        "cosine-length-checked-without-resume",
+        "softmax_lightning/model.py",
+        "planned = self._planned_steps if self.trainer.ckpt_path else None",
+        "planned = self._planned_steps",
+        "a new run from a cosine checkpoint's weights is refused as if it resumed, unless it has the same length",
         (f"{PATHS}::test_a_cosine_run_refuses_a_resume_that_would_change_its_length",),
     ),
     M(
@@ -394,8 +402,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "ddp-checkpoint-keeps-rank-0-sums",
         "softmax_lightning/model.py",
-        "        if self.trainer.world_size > 1:\n",
-        "        if False:\n",
+        "if self.trainer.world_size > 1 and not self.trainer.interrupted:",
+        "if False:",
         "under DDP a checkpoint keeps rank 0's train sums only: an epoch resumed from its middle averages them twice",
         ("tests/test_reliability.py::test_a_ddp_epoch_resumed_from_its_middle_averages_every_rank_once",),
     ),

@@ -34,7 +34,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins import CheckpointIO
+from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -174,7 +175,11 @@ class TrainCLI(LightningCLI):
             kwargs["logger"] = self._default_logger(Path(tcfg.get("default_root_dir") or "."), tcfg)
         plugins = tcfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):  # the user's own plugins, and atomic checkpoints
+        strategy = tcfg.get("strategy")
+        if isinstance(strategy, Strategy):  # a strategy object: its own checkpoint writer, or ours instead of torch's
+            if type(strategy.checkpoint_io) is TorchCheckpointIO:
+                strategy.checkpoint_io = AtomicCheckpointIO()
+        elif not any(isinstance(p, CheckpointIO) for p in plugins):  # the user's plugins, and atomic checkpoints
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
@@ -247,12 +252,13 @@ NOISE = ("litlogger", "litmodels", "Seed set to", "Received SIGTERM", "Detected 
 
 
 @contextmanager
-def quiet_lightning():
+def quiet_lightning(from_checkpoint: bool = False):
     """Drop lines of noise Lightning prints on every run while the block runs (adverts, the seed, which
-    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and seven warnings: a torch
+    ``config.yaml`` records, the SIGTERM and Ctrl-C notices: our own line follows), and four warnings: a torch
     deprecation inside Lightning, the one about our ``args`` (``main`` hands LightningCLI the vetted ``sys.argv``),
-    the seed's bounds (the data module refuses such a seed in one line), torchmetrics' about restored sums, and three
-    that resuming or evaluating from a run's own checkpoint meets. All are as before after the block."""
+    the seed's bounds (the data module refuses such a seed in one line) and torchmetrics' about restored sums; with
+    ``from_checkpoint`` (``--ckpt_path``), three more that resuming or evaluating from a run's own checkpoint meets.
+    All are as before after the block."""
 
     def no_noise(record: logging.LogRecord) -> bool:
         return not any(s in record.getMessage() for s in NOISE)
@@ -273,12 +279,13 @@ def quiet_lightning():
         # resumed before an epoch's end, the train metrics have their sums from the checkpoint, which torchmetrics
         # does not count as updates
         warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
-        # evaluating with --ckpt_path restores the weights; the checkpoint's own callbacks are not needed
-        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
-        # resuming continues in the run's own folder, whose checkpoints are expected there
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        # a run folder that was moved keeps writing its own checkpoints, wherever it is now (docs/reliability.md)
-        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+        if from_checkpoint:
+            # evaluating with --ckpt_path restores the weights; the checkpoint's own callbacks are not needed
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
+            # resuming continues in the run's own folder, whose checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            # a run folder that was moved keeps writing its own checkpoints, wherever it is now (docs/reliability.md)
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         try:
             yield
         finally:
@@ -319,7 +326,7 @@ def main(args: list[str] | None = None) -> int:
     argv = ["fit", *args] if recipe_mode else args
     subcommand = None if recipe_mode else argv[0]
     run_folder, code = RunFolder(), 1
-    with quiet_lightning():
+    with quiet_lightning(from_checkpoint=_option(argv, "--ckpt_path") is not None):
         try:
             checked = check_options(argv[1:])
             if (ckpt := _option(argv, "--ckpt_path")) not in (None, "last"):

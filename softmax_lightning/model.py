@@ -216,7 +216,7 @@ class SoftmaxRegression(L.LightningModule):
         """Under DDP every rank builds the checkpoint and rank 0 writes it: the train metrics' sums saved are those
         of all ranks (``on_load_checkpoint`` gives them back to rank 0 alone). And the cosine schedule's length, so
         that a resume which would change it is refused (``on_train_start``)."""
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and not self.trainer.interrupted:  # (an exception's save is one rank's alone)
             for name in TRAIN_SUMS:
                 with self.metrics[name].sync_context():  # (a collective: every rank is here)
                     for key, value in self.metrics[name].metric_state.items():
@@ -244,14 +244,20 @@ class SoftmaxRegression(L.LightningModule):
         would jump from the middle of its curve."""
         if self.hparams.lr_schedule != "cosine":
             return
-        steps = int(self.trainer.estimated_stepping_batches)
-        if self._planned_steps is not None and steps != self._planned_steps:
+        steps = self.trainer.estimated_stepping_batches
+        if not (math.isfinite(steps) and steps > 0):
             raise UserError(
-                f"this checkpoint's cosine schedule spans {self._planned_steps} SGD steps, but this Trainer would run "
-                f"{steps}; a cosine run resumes only with its own max_epochs, max_steps and limit_train_batches (to "
-                f"train longer, start a new run with the larger --trainer.max_epochs)"
+                "lr_schedule cosine needs a run of known length: a training DataLoader with a length, or max_steps"
             )
-        self._planned_steps = steps
+        planned = self._planned_steps if self.trainer.ckpt_path else None  # only a resume continues a schedule
+        if planned is not None and steps != planned:
+            raise UserError(
+                f"this checkpoint's cosine schedule spans {planned} SGD steps, but this Trainer would run "
+                f"{int(steps)}; a cosine run resumes only with the same number of steps (its max_epochs, max_steps, "
+                f"limit_train_batches, batch size and devices); to train longer, start a new run with the larger "
+                f"--trainer.max_epochs"
+            )
+        self._planned_steps = int(steps)
 
     # ------------------------------------------------------------------ 7. the hand-written SGD
     def configure_optimizers(self):

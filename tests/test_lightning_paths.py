@@ -286,6 +286,10 @@ def test_a_cosine_run_refuses_a_resume_that_would_change_its_length(tmp_path, da
     with pytest.raises(UserError, match="cosine schedule spans 6 SGD steps, but this Trainer would run 12"):
         trainer.fit(m, datamodule=_data(), ckpt_path=tmp_path / "last.ckpt")
     assert not steps.before  # refused before the first step
+    # a new run from those weights (not a resume) plans its own schedule, of any length
+    m = SoftmaxRegression.load_from_checkpoint(tmp_path / "last.ckpt")
+    _trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
+    assert len(steps.before) == 12 and steps.lrs[0] == 0.1 and math.isclose(steps.lrs[6], 0.05, rel_tol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------- devices

@@ -134,12 +134,15 @@ def test_defaults_fill_only_what_the_user_left_unset(tmp_path, data_dir):
 def test_a_users_plugins_keep_the_atomic_checkpoint_writer(tmp_path, data_dir):
     """A plugin the user passes (here a cluster environment) is added to ours, not put in place of it; a checkpoint
     writer of their own replaces ours."""
-    env = "lightning.fabric.plugins.environments.LightningEnvironment"
-    trainer = _cli(tmp_path, f"--trainer.plugins={env}").trainer
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    trainer = _cli(tmp_path, "--trainer.plugins=lightning.pytorch.plugins.precision.DoublePrecision").trainer
+    assert type(trainer.precision_plugin).__name__ == "DoublePrecision"  # the user's plugin is there
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # and so is ours
     own = "lightning.fabric.plugins.io.TorchCheckpointIO"
     trainer = _cli(tmp_path, f"--trainer.plugins={own}").trainer
     assert type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO"
+    strategy = ["--trainer.strategy=lightning.pytorch.strategies.SingleDeviceStrategy", "--trainer.strategy.device=cpu"]
+    trainer = _cli(tmp_path, *strategy).trainer  # a strategy object of the user's: it gets ours, no conflict
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_a_run_with_a_csv_logger_and_no_checkpointing(tmp_path, data_dir):
