@@ -8,8 +8,11 @@ import json
 import os
 import shlex
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 
@@ -18,6 +21,7 @@ from softmax_lightning.fashion_mnist import find_raw_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the environment of a tool run as a process: one torch thread
 
 
 @pytest.fixture(scope="session")
@@ -117,3 +121,30 @@ def craft_checkpoint(good: Path, path: Path, marker: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return path
+
+
+def run_predict(*args, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
+    """``scripts/predict.py`` as a real process, with one torch thread."""
+    return subprocess.run(
+        [sys.executable, "scripts/predict.py", *map(str, args)],
+        cwd=ROOT,
+        env=ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def quiet_trainer(**kw) -> L.Trainer:
+    """A user's bare ``Trainer`` in this process: no logger, checkpoints, progress bar, summary or sanity check,
+    unless ``kw`` says otherwise."""
+    kw = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kw,
+    }
+    return L.Trainer(**kw)

@@ -19,9 +19,7 @@ from softmax_lightning import cli, figures, predict
 from softmax_lightning.confusions import ConfusionExamples, most_confused_pairs
 from softmax_lightning.data import CLASSES_EN, CLASSES_ZH, FashionMNISTDataModule
 from softmax_lightning.functional import evidence, softmax
-from tests.conftest import DATA_DIR, ROOT, one_error_line
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from tests.conftest import DATA_DIR, ONE_THREAD, ROOT, one_error_line, run_predict
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +57,6 @@ def predict_main(capsys, *args) -> tuple[int, str, str]:
     code = predict.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def run_predict(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "scripts/predict.py", *map(str, args)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        **kwargs,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ the math
@@ -315,7 +301,7 @@ def test_json_into_a_closed_pipe_ends_quietly(ckpt, tmp_path):
             str(tmp_path / "p.png"),
         ],
         cwd=ROOT,
-        env=ENV,
+        env=ONE_THREAD,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -336,7 +322,7 @@ def test_help_and_table_into_a_closed_pipe_end_quietly(ckpt, tmp_path):
             shell=True,
             executable="/bin/bash",
             cwd=ROOT,
-            env=ENV,
+            env=ONE_THREAD,
             capture_output=True,
             text=True,
             timeout=180,

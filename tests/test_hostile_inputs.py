@@ -38,11 +38,19 @@ from softmax_lightning import cli, exercises, predict
 from softmax_lightning import fashion_mnist as data
 from softmax_lightning.checkpoint import read_checkpoint
 from softmax_lightning.errors import UserError
-from tests.conftest import DATA_DIR, ROOT, craft_checkpoint, one_error_line, write_fake_split, write_idx
+from tests.conftest import (
+    DATA_DIR,
+    ONE_THREAD,
+    ROOT,
+    craft_checkpoint,
+    one_error_line,
+    run_predict,
+    write_fake_split,
+    write_idx,
+)
 
 SYSTEM_GZ = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IDX_NAMES = [n for pair in data.SPLIT_FILES.values() for n in pair]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 NO_DELETE_ADVICE = re.compile(r"\b(delete|remove|rm|free|erase|clean)\b", re.I)
 
 
@@ -98,18 +106,6 @@ def pids():
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_predict(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``scripts/predict.py`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "scripts/predict.py", *map(str, args)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def predict_main(capsys, *args) -> tuple[int, str, str]:
@@ -269,7 +265,7 @@ def test_unpacking_debian_files_onto_a_full_disk_for_real(tmp_path, ckpt):
         f"ls -A {q(raw)} > {q(report / 'ls')}"
     )  # what the full disk holds afterwards, seen from inside
     res = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180
+        ["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=180
     )
     assert res.returncode == 0, res.stderr
     line = one_error_line((report / "stderr").read_text())
@@ -496,7 +492,7 @@ def test_benchmark_zero_epochs_as_a_process(tmp_path):
     res = subprocess.run(
         [sys.executable, "scripts/benchmark.py", "--epochs", "0", "--out", str(tmp_path / "b.json")],
         cwd=ROOT,
-        env=ENV,
+        env=ONE_THREAD,
         capture_output=True,
         text=True,
         timeout=120,

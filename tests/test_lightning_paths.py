@@ -21,19 +21,7 @@ from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.errors import UserError
 from softmax_lightning.model import SoftmaxRegression
 from softmax_lightning.optim import ChapterSGD
-from tests.conftest import DATA_DIR, run_dirs, run_train
-
-
-def _trainer(**kw) -> L.Trainer:
-    kw = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **kw,
-    }
-    return L.Trainer(**kw)
+from tests.conftest import DATA_DIR, quiet_trainer, run_dirs, run_train
 
 
 def _data(**kw) -> FashionMNISTDataModule:
@@ -86,7 +74,7 @@ def test_a_users_model_checkpoint_writes_the_names_lightning_documents(tmp_path,
     """``{epoch}`` and ``{step}`` are Lightning's own (``step`` = the global step): nothing the module logs may
     shadow them, or saves of one epoch would share a name and overwrite each other."""
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **kwargs)  # default filename: "{epoch}-{step}"
-    trainer = _trainer(
+    trainer = quiet_trainer(
         max_epochs=3,
         limit_train_batches=25,
         limit_val_batches=2,
@@ -158,7 +146,7 @@ def test_a_step_skipped_by_the_grad_scaler_leaves_no_stale_gradient(data_dir):
     first step taken is exactly a clean step."""
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
     steps, m = Steps(), SoftmaxRegression()
-    _trainer(
+    quiet_trainer(
         max_steps=80, limit_val_batches=0, plugins=[MixedPrecision("16-mixed", "cpu", scaler)], callbacks=[steps]
     ).fit(m, datamodule=_data())
     skipped = [torch.equal(a[0], b[0]) for a, b in zip(steps.before, steps.after)]
@@ -176,7 +164,7 @@ def test_a_step_skipped_by_the_grad_scaler_does_not_advance_the_lr_schedule(data
     the initial lr, and PyTorch's warning about a scheduler stepped before its optimizer never comes."""
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
     steps, m = Steps(), SoftmaxRegression(lr_schedule="cosine")
-    trainer = _trainer(
+    trainer = quiet_trainer(
         max_steps=40, limit_val_batches=0, plugins=[MixedPrecision("16-mixed", "cpu", scaler)], callbacks=[steps]
     )
     with warnings.catch_warnings():
@@ -204,7 +192,7 @@ def test_the_weights_must_be_in_a_checkpoint_the_module_loads(tmp_path):
 
 def test_bf16_mixed_learns_on_the_cpu(data_dir):
     m = SoftmaxRegression()
-    trainer = _trainer(max_epochs=1, limit_train_batches=60, limit_val_batches=5, precision="bf16-mixed")
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=60, limit_val_batches=5, precision="bf16-mixed")
     trainer.fit(m, datamodule=_data())
     assert m.W.dtype == torch.float32 and torch.isfinite(m.W).all()  # float32 weights, bfloat16 arithmetic
     assert float(trainer.callback_metrics["val_acc"]) > 0.6
@@ -214,7 +202,7 @@ def test_bf16_mixed_learns_on_the_cpu(data_dir):
 def test_half_precision_weights_are_refused_before_any_step(data_dir, precision):
     m = SoftmaxRegression()
     with pytest.raises(UserError, match="rounds away"):
-        _trainer(max_steps=3, limit_val_batches=0, precision=precision).fit(m, datamodule=_data())
+        quiet_trainer(max_steps=3, limit_val_batches=0, precision=precision).fit(m, datamodule=_data())
 
 
 def test_true_half_precision_is_one_line_from_the_command_line(tmp_path, data_dir, capsys):
@@ -233,7 +221,7 @@ def test_true_half_precision_is_one_line_from_the_command_line(tmp_path, data_di
 )
 def test_every_backward_starts_from_zero_gradients_and_every_step_leaves_them_zero(data_dir, hp):
     steps, m = Steps(), SoftmaxRegression(**hp)
-    _trainer(max_steps=6, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
+    quiet_trainer(max_steps=6, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
     assert len(steps.clean_backward) == 6 and all(steps.clean_backward)
     assert all(p.grad is None or not p.grad.any() for p in (m.W, m.b))
 
@@ -241,7 +229,7 @@ def test_every_backward_starts_from_zero_gradients_and_every_step_leaves_them_ze
 def test_the_last_odd_sized_minibatch_takes_the_chapters_step(data_dir):
     """The epoch's last minibatch holds 96 images: its update divides by 96, not by the batch size 256."""
     steps, m = Steps(), SoftmaxRegression()
-    _trainer(max_epochs=1, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
+    quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
     X, y = steps.batches[-1]
     assert len(y) == 96
     W, b = _sgd_by_hand(*steps.before[-1], X, y, lr=0.1)
@@ -259,7 +247,7 @@ def test_configure_optimizers_passes_on_every_hyper_parameter():
 
 def test_the_cosine_schedule_is_half_the_lr_at_its_midpoint_and_zero_at_its_end(data_dir):
     steps, m = Steps(), SoftmaxRegression(lr=0.2, lr_schedule="cosine")
-    trainer = _trainer(max_steps=40, limit_val_batches=0, callbacks=[steps])
+    trainer = quiet_trainer(max_steps=40, limit_val_batches=0, callbacks=[steps])
     trainer.fit(m, datamodule=_data())
     assert steps.lrs[0] == 0.2 and math.isclose(steps.lrs[20], 0.1, rel_tol=1e-12)  # after 20 of 40 steps
     assert math.isclose(steps.lrs[10], 0.1 * (1 + math.cos(math.pi / 4)), rel_tol=1e-12)
@@ -276,19 +264,21 @@ def test_a_cosine_run_refuses_a_resume_that_would_change_its_length(tmp_path, da
     finished run left it) to the middle of a longer curve, so the resume is refused before any step."""
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     m = SoftmaxRegression(lr_schedule="cosine")
-    trainer = _trainer(
+    trainer = quiet_trainer(
         max_epochs=1, limit_train_batches=6, limit_val_batches=0, callbacks=[ckpt], enable_checkpointing=True
     )
     trainer.fit(m, datamodule=_data())
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["cosine_schedule_steps"] == 6
     steps, m = Steps(), SoftmaxRegression(lr_schedule="cosine")
-    trainer = _trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0, callbacks=[steps])
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0, callbacks=[steps])
     with pytest.raises(UserError, match="cosine schedule spans 6 SGD steps, but this Trainer would run 12"):
         trainer.fit(m, datamodule=_data(), ckpt_path=tmp_path / "last.ckpt")
     assert not steps.before  # refused before the first step
     # a new run from those weights (not a resume) plans its own schedule, of any length
     m = SoftmaxRegression.load_from_checkpoint(tmp_path / "last.ckpt")
-    _trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0, callbacks=[steps]).fit(m, datamodule=_data())
+    quiet_trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=0, callbacks=[steps]).fit(
+        m, datamodule=_data()
+    )
     assert len(steps.before) == 12 and steps.lrs[0] == 0.1 and math.isclose(steps.lrs[6], 0.05, rel_tol=1e-9)
 
 
@@ -299,7 +289,7 @@ def test_the_data_module_is_usable_before_and_after_fit(data_dir):
     dm = _data()
     dm.setup()
     m = SoftmaxRegression()
-    _trainer(max_steps=3, limit_val_batches=1).fit(m, datamodule=dm)
+    quiet_trainer(max_steps=3, limit_val_batches=1).fit(m, datamodule=dm)
     assert dm.test_set.X.device.type == "cpu" and m.W.device.type == "cpu"
     with torch.no_grad():
         assert m(dm.test_set.X[:8]).shape == (8, 10)

@@ -14,18 +14,7 @@ from lightning.pytorch.tuner import Tuner
 from softmax_lightning import functional, model, optim
 from softmax_lightning.data import FashionMNISTDataModule
 from softmax_lightning.model import SoftmaxRegression
-
-
-def _trainer(**kw) -> L.Trainer:
-    kw = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **kw,
-    }
-    return L.Trainer(**kw)
+from tests.conftest import quiet_trainer
 
 
 class BatchSpy(L.Callback):
@@ -57,13 +46,15 @@ def test_init_is_the_chapters():
 
 def test_untrained_model_scores_about_chance(data_dir):
     torch.manual_seed(0)
-    res = _trainer().test(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)), verbose=False)
+    res = quiet_trainer().test(
+        SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)), verbose=False
+    )
     assert 0.03 < res[0]["test_acc"] < 0.25
 
 
 def test_one_epoch_is_235_batches_each_one_minibatch_and_one_sgd_step(data_dir):
     spy, m = BatchSpy(), SoftmaxRegression()
-    trainer = _trainer(max_epochs=1, limit_val_batches=0, callbacks=[spy])
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[spy])
     trainer.fit(m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
     assert trainer.num_training_batches == 235 and trainer.global_step == 235
     assert [i for i, _, _ in spy.batches] == list(range(235))
@@ -72,7 +63,7 @@ def test_one_epoch_is_235_batches_each_one_minibatch_and_one_sgd_step(data_dir):
 
 
 def test_estimated_stepping_batches_counts_sgd_steps(data_dir):
-    trainer = _trainer(max_epochs=3)
+    trainer = quiet_trainer(max_epochs=3)
     trainer.fit(
         SoftmaxRegression(),
         datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),
@@ -82,7 +73,7 @@ def test_estimated_stepping_batches_counts_sgd_steps(data_dir):
 
 def test_limit_train_batches_and_val_check_interval(data_dir):
     spy = BatchSpy()
-    trainer = _trainer(
+    trainer = quiet_trainer(
         max_epochs=1, limit_train_batches=120, val_check_interval=50, limit_val_batches=2, callbacks=[spy]
     )
     trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
@@ -90,7 +81,7 @@ def test_limit_train_batches_and_val_check_interval(data_dir):
     assert spy.val_at == [50, 100]
 
     spy = BatchSpy()
-    _trainer(max_epochs=1, val_check_interval=0.25, limit_val_batches=1, callbacks=[spy]).fit(
+    quiet_trainer(max_epochs=1, val_check_interval=0.25, limit_val_batches=1, callbacks=[spy]).fit(
         SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir))
     )
     assert spy.val_at == [58, 116, 174, 232]  # four times an epoch: every int(0.25 * 235) = 58 batches
@@ -107,7 +98,7 @@ def test_fast_dev_run_runs_n_batches_and_validation(data_dir):
 
 def test_step_based_checkpoints_and_max_steps(tmp_path, data_dir):
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=100, save_top_k=-1, filename="{step}")
-    trainer = _trainer(max_steps=250, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt])
+    trainer = quiet_trainer(max_steps=250, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt])
     trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
     assert trainer.global_step == 250
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=100.ckpt", "step=200.ckpt"]
@@ -118,7 +109,7 @@ def test_precision_64_converts_the_batches(data_dir):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             assert batch[0].dtype == torch.float64 and pl_module.W.dtype == torch.float64
 
-    trainer = _trainer(
+    trainer = quiet_trainer(
         max_epochs=1, limit_train_batches=3, limit_val_batches=1, precision="64-true", callbacks=[DtypeSpy()]
     )
     trainer.fit(SoftmaxRegression(), datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
@@ -128,7 +119,7 @@ def test_precision_64_converts_the_batches(data_dir):
 @pytest.mark.filterwarnings("ignore:You requested to overfit:UserWarning")  # Lightning's documented behaviour
 def test_overfit_one_batch(data_dir):
     m = SoftmaxRegression(lr=1.0)
-    trainer = _trainer(max_epochs=150, overfit_batches=1, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=150, overfit_batches=1, limit_val_batches=0)
     trainer.fit(m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
     assert trainer.num_training_batches == 1 and trainer.global_step == 150
     assert float(trainer.callback_metrics["train_acc"]) > 0.95
@@ -141,7 +132,7 @@ def test_reload_dataloaders_and_workers_keep_the_same_steps(data_dir):
     for kw, workers in (({}, 0), ({"reload_dataloaders_every_n_epochs": 1}, 0), ({}, 1)):
         torch.manual_seed(0)
         m = SoftmaxRegression()
-        _trainer(max_epochs=2, limit_train_batches=20, limit_val_batches=0, **kw).fit(
+        quiet_trainer(max_epochs=2, limit_train_batches=20, limit_val_batches=0, **kw).fit(
             m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), num_workers=workers)
         )
         weights.append(torch.cat([m.W.detach().flatten(), m.b.detach()]))
@@ -150,7 +141,7 @@ def test_reload_dataloaders_and_workers_keep_the_same_steps(data_dir):
 
 def test_the_lr_finder_reads_the_step_loss(data_dir):
     m = SoftmaxRegression()
-    finder = Tuner(_trainer(max_epochs=1)).lr_find(
+    finder = Tuner(quiet_trainer(max_epochs=1)).lr_find(
         m,
         datamodule=FashionMNISTDataModule(data_dir=str(data_dir)),
         min_lr=1e-3,
@@ -165,7 +156,7 @@ def test_the_lr_finder_reads_the_step_loss(data_dir):
 
 def test_cosine_schedule_reaches_zero_on_the_last_step(data_dir):
     m = SoftmaxRegression(lr=0.05, momentum=0.9, nesterov=True, lr_schedule="cosine")
-    trainer = _trainer(max_epochs=2, limit_train_batches=30, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=30, limit_val_batches=0)
     trainer.fit(m, datamodule=FashionMNISTDataModule(data_dir=str(data_dir)))
     assert trainer.global_step == 60 and trainer.optimizers[0].param_groups[0]["lr"] == 0.0
 
