@@ -223,7 +223,7 @@ def make_cli(
     """Parse ``args`` and build model, data module and Trainer as ``scripts/train.py`` does. With ``run``, ``args``
     start with a subcommand, which is run (``fit`` with ``recipe`` also tests and writes ``metrics.json``); without,
     nothing is fitted yet (``args`` are ``fit``'s options: call ``run_recipe``)."""
-    strict = {"exit_on_error": False, "default_config_files": []}
+    strict = {"exit_on_error": False, "default_config_files": [], "allow_abbrev": False}  # no --model.l for --model.lr
     fit = {**strict, "description": RECIPE_HELP if recipe else None}
     return TrainCLI(
         SoftmaxRegression,

@@ -432,6 +432,8 @@ def test_num_nodes(capsys, tmp_path, monkeypatch):
         ("--trainer.callbacks=foo", "trainer.callbacks"),
         ("--weights_only=false", "weights_only=True only"),
         ("--bogus=1", "unrecognized arguments"),
+        ("--trainer.max_epoch=3", "unrecognized arguments"),  # no abbreviations: a typo is not another option
+        ("--model.l=0.5", "unrecognized arguments"),
     ],
 )
 def test_trainer_values_refused(capsys, tmp_path, arg, text):
