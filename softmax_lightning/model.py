@@ -28,6 +28,7 @@ from softmax_lightning.optim import ChapterSGD
 
 STAGES = ("train", "val", "test")
 TRAIN_SUMS = ("train_loss", "train_acc")  # the metrics whose running sums a checkpoint keeps
+TRAIN_SUM_KEYS = tuple(f"metrics.{name}." for name in TRAIN_SUMS)  # their entries' prefixes in the state_dict
 MAX_SCALE = 1e6  # the largest lr, init_std and weight_decay accepted: far past divergence (the chapter: 0.1, 0.01,
 # 0); much larger values (1e30) overflow the float32 weights within one update, before the loss check can see it
 DIVERGED = 1e6  # a per-sample cross-entropy above this (p(true class) < e^-1000000) means training has blown up
@@ -230,7 +231,7 @@ class SoftmaxRegression(L.LightningModule):
         and ``b`` must be there: strict loading says so. A cosine run keeps its planned length."""
         state = checkpoint["state_dict"]
         for name, value in self.state_dict().items():
-            if name.startswith(tuple(f"metrics.{m}." for m in TRAIN_SUMS)) and self.global_rank > 0:
+            if name.startswith(TRAIN_SUM_KEYS) and self.global_rank > 0:
                 state[name] = torch.zeros_like(value)
             elif name.startswith("metrics."):
                 state.setdefault(name, torch.zeros_like(value))

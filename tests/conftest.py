@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
+import re
+import resource
 import shlex
+import signal
 import struct
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -148,3 +153,34 @@ def quiet_trainer(**kw) -> L.Trainer:
         **kw,
     }
     return L.Trainer(**kw)
+
+
+@contextmanager
+def bounded(seconds: int = 30, extra_bytes: int = 1 << 30):
+    """Run a block as in a sandbox: more than ``extra_bytes`` of new address space raises MemoryError, more than
+    ``seconds`` raises TimeoutError (also out of a blocking ``open`` or ``read`` on a FIFO)."""
+    vm = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = vm + extra_bytes if hard == resource.RLIM_INFINITY else min(vm + extra_bytes, hard)
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s (a hang, or reading without end)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    """``scripts/benchmark.py`` as a module (its main reads ``sys.argv``)."""
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

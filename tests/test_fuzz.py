@@ -23,9 +23,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
-import resource
-import signal
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -45,11 +42,12 @@ from softmax_lightning import (  # noqa: E402
     predict,
 )
 from softmax_lightning.model import SoftmaxRegression  # noqa: E402
-from tests.conftest import NOISE, write_fake_split  # noqa: E402
+from tests.conftest import NOISE, bounded, write_fake_split  # noqa: E402
 from tests.test_options import tree  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SECONDS = int(os.environ.get("FUZZ_SECONDS", "180"))  # per example: a valid run takes a few seconds
+MEMORY = 4 << 30  # per example: more address space than this raises MemoryError
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -243,25 +241,6 @@ PREDICT_BASE = ["--ckpt_path=model.ckpt", "--data.data_dir=data"]
 
 
 # ---------------------------------------------------------------------------------------------------- the harness
-@contextmanager
-def bounded(seconds: int, extra_bytes: int = 4 << 30):
-    """At most ``extra_bytes`` more address space (MemoryError beyond) and ``seconds`` (TimeoutError beyond)."""
-    vm = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = vm + extra_bytes if hard == resource.RLIM_INFINITY else min(vm + extra_bytes, hard)
-
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @contextmanager
@@ -296,6 +275,19 @@ def check_outcome(code: int, err: str, cwd: Path, before: dict[str, str]) -> Non
         assert after == before, sorted(set(after) ^ set(before))
 
 
+def run_and_check(tool: str, main, args: list[str], cwd: Path, capsys) -> None:
+    """Run ``scripts/<tool>``'s ``main(args)`` in this process, within the time and memory bounds, and check its
+    outcome (``check_outcome``)."""
+    note(f"scripts/{tool} {' '.join(args)}")
+    before = tree(cwd)
+    capsys.readouterr()
+    with bounded(SECONDS, MEMORY):
+        code = main(args)
+    _, err = capsys.readouterr()
+    event(f"exit code {code}")  # (--hypothesis-show-statistics: how many examples ran, how many were refused)
+    check_outcome(code, err, cwd, before)
+
+
 @pytest.fixture
 def no_system_data(monkeypatch):
     """No Debian package to unpack 60,000 images from: a data_dir without the files is refused, quickly."""
@@ -315,14 +307,7 @@ def test_train_options_fuzz(option, capsys, no_system_data):
         if flag in PATH_OPTIONS:
             value = resolve(value, cwd)
         args = [*TRAIN_BASE, f"{flag}={value}"]
-        note(f"scripts/train.py {' '.join(args)}")
-        before = tree(cwd)
-        capsys.readouterr()
-        with bounded(SECONDS):
-            code = cli.main(args)
-        out, err = capsys.readouterr()
-        event(f"exit code {code}")  # (--hypothesis-show-statistics: how many examples ran, how many were refused)
-        check_outcome(code, err, cwd, before)
+        run_and_check("train.py", cli.main, args, cwd, capsys)
 
 
 @functools.cache
@@ -360,11 +345,4 @@ def test_predict_options_fuzz(option, capsys, no_system_data):
         else:
             extra = [f"{flag}={value}"]
         args = [*PREDICT_BASE, *extra]
-        note(f"scripts/predict.py {' '.join(args)}")
-        before = tree(cwd)
-        capsys.readouterr()
-        with bounded(SECONDS):
-            code = predict.main(args)
-        out, err = capsys.readouterr()
-        event(f"exit code {code}")  # (--hypothesis-show-statistics: how many examples ran, how many were refused)
-        check_outcome(code, err, cwd, before)
+        run_and_check("predict.py", predict.main, args, cwd, capsys)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import json
 import os
 import re
 import resource
 import shlex
-import signal
 import stat
 import struct
 import subprocess
@@ -25,7 +23,6 @@ import sys
 import time
 import warnings
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,6 +39,7 @@ from tests.conftest import (
     DATA_DIR,
     ONE_THREAD,
     ROOT,
+    bounded,
     craft_checkpoint,
     one_error_line,
     run_predict,
@@ -113,28 +111,6 @@ def predict_main(capsys, *args) -> tuple[int, str, str]:
     code = predict.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@contextmanager
-def bounded(seconds: int = 30, extra_bytes: int = 1 << 30):
-    """Run a block as in a sandbox: more than ``extra_bytes`` of new address space raises MemoryError, more than
-    ``seconds`` raises TimeoutError (also out of a blocking ``open`` or ``read`` on a FIFO)."""
-    vm = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = vm + extra_bytes if hard == resource.RLIM_INFINITY else min(vm + extra_bytes, hard)
-
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s (a hang, or reading without end)")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def png_bytes(width: int, height: int, rows: bytes | None = None, bit_depth: int = 8, color_type: int = 0) -> bytes:
@@ -458,15 +434,6 @@ def test_out_pointing_at_a_folder(tmp_path, ckpt, fake_data, capsys):
     line = one_error_line(err)
     assert code == 2 and "--out" in line and str(folder) in line
     assert [p.name for p in folder.iterdir()] == ["mine.png"] and (folder / "mine.png").read_bytes() == b"user's file"
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    """``scripts/benchmark.py`` as a module (its main reads ``sys.argv``)."""
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def benchmark_main(benchmark, monkeypatch, capsys, *args) -> tuple[int, str]:

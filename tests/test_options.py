@@ -10,7 +10,6 @@ predict's ``check_options``), the class built directly (``SoftmaxRegression``, `
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import stat
 import subprocess
@@ -735,12 +734,6 @@ def test_predict_help_and_usage_errors_return(capsys):
 
 
 # ------------------------------------------------------------------------------------------------ scripts/benchmark.py
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("flag,top", [("--epochs", 1000), ("--rounds", 100), ("--d2l-epochs", 1000)])
